@@ -1,0 +1,100 @@
+//! A task: one id taken from the queue, and the document built for it.
+
+use std::fmt;
+
+use crate::stage::Stage;
+
+/// A task id as taken from the queue. Ids are decimal unsigned integers; anything else is a
+/// poison task that is dead-lettered at the queue stage with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskId {
+    /// The id exactly as it was in the Redis list (used to acknowledge it).
+    pub raw: String,
+    /// The numeric value, bound as the parameter of every source query.
+    pub value: u64,
+}
+
+/// Why a raw queue entry is not a task id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task id {raw:?} is not a decimal unsigned integer")]
+pub struct BadTaskId {
+    /// The entry as taken from the queue.
+    pub raw: String,
+}
+
+impl TaskId {
+    /// Reads a queue entry as a task id.
+    ///
+    /// # Errors
+    /// [`BadTaskId`] when the entry is not a decimal unsigned integer.
+    pub fn parse(raw: &str) -> Result<Self, BadTaskId> {
+        let trimmed = raw.trim();
+        let ok = !trimmed.is_empty() && trimmed.len() <= 20 && trimmed.bytes().all(|b| b.is_ascii_digit());
+        match trimmed.parse::<u64>() {
+            Ok(value) if ok => Ok(Self { raw: raw.to_owned(), value }),
+            _ => Err(BadTaskId { raw: raw.to_owned() }),
+        }
+    }
+
+    /// The document id in the search index (the id's decimal form, so a replay overwrites).
+    #[must_use]
+    pub fn doc_id(&self) -> String {
+        self.value.to_string()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// A JSON document under construction.
+pub type Document = serde_json::Map<String, serde_json::Value>;
+
+/// Why a task is dead-lettered: the stage and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Stage that gave up on the task.
+    pub stage: Stage,
+    /// What went wrong, naming the input (the error chain, flattened).
+    pub reason: String,
+}
+
+/// What became of one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Indexed; per-keyword counts to add exactly once.
+    Indexed {
+        /// `(keyword, hits)` pairs to add to the counts hash.
+        counts: Vec<(String, u64)>,
+    },
+    /// Dropped by a black- or whitelist (acknowledged, counted, not indexed).
+    Filtered {
+        /// The keyword set that dropped it.
+        set: String,
+    },
+    /// The main row does not exist and the policy is to skip.
+    Skipped,
+    /// Failed for now; the id goes back to the queue (or to the dead-letter list once its
+    /// attempts are used up).
+    Retry(DeadLetter),
+    /// Failed for good.
+    Dead(DeadLetter),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_ids_parse_and_others_are_poison() {
+        assert_eq!(TaskId::parse("42").unwrap().value, 42);
+        assert_eq!(TaskId::parse(" 7 ").unwrap().doc_id(), "7");
+        for bad in ["", "abc", "-1", "1.5", "99999999999999999999999", "+3"] {
+            let err = TaskId::parse(bad).unwrap_err();
+            assert_eq!(err.raw, bad);
+            assert!(err.to_string().contains("not a decimal unsigned integer"));
+        }
+    }
+}
