@@ -1,0 +1,2 @@
+//! The migrate-operator binary (being written).
+fn main() {}

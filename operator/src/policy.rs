@@ -1,0 +1,601 @@
+//! The supervision policy: one pure function from observations to actions.
+//!
+//! Both backends (Kubernetes pods and local processes) observe their workers, call [`decide`],
+//! and carry out the [`Action`]s. Every decision the operator takes — scale up or down, drain a
+//! worker that grew past its soft memory limit, kill one past its hard limit, recycle one after
+//! its tasks, requeue what an exited worker held, finish a drained job — is therefore testable
+//! as a table, without a cluster or a process.
+//!
+//! The rules, in the order they are applied:
+//! 1. Every exited worker is reaped: its processing list is requeued and its exit is counted
+//!    under a restart reason ([`classify_exit`]). A worker that exited with the configuration
+//!    error code blocks new starts until the spec changes.
+//! 2. Drain mode: once the queue is empty and nothing is in flight for the settle period, the
+//!    job is complete; no new worker starts for an empty queue.
+//! 3. Memory: a fresh reading at or above the hard limit kills the worker at once. At or above
+//!    the soft limit, a worker older than the minimum age is drained gracefully, oldest readings
+//!    first by usage, at most `maxConcurrentRestarts` at a time (draining ones count). When
+//!    every worker is over the soft line the limit is probably too low for the workload rather
+//!    than a leak: that is reported, and restarts still go one budget at a time, never all at
+//!    once. Stale or missing readings are reported and never acted on.
+//! 4. Recycling after N tasks takes the same path and budget as a soft-limit drain.
+//! 5. A worker drained for memory or recycling gets its replacement started first, while the
+//!    pool is below `maxReplicas`.
+//! 6. Scale: desired = `spec.replicas` when set, else clamp(ceil(backlog / target), min, max).
+//!    Scale up at once; scale down (backlog-based only) after the stabilization window, idle
+//!    workers first, never a busy one while an idle one exists.
+
+use std::time::Duration;
+
+use migrate_crds::memory::{Threshold, ThresholdError};
+use migrate_crds::validate::container_memory_limit;
+use migrate_crds::{MigrateJobSpec, Mode};
+
+/// Why a worker was restarted. The same names are used in status, Events and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RestartReason {
+    /// Drained gracefully after crossing the soft memory limit.
+    MemorySoft,
+    /// Stopped at once after crossing the hard memory limit.
+    MemoryHard,
+    /// Drained after its configured number of tasks.
+    Recycled,
+    /// Killed by the kernel's OOM killer.
+    OomKilled,
+    /// Exited with an unexpected code or signal.
+    Crashed,
+    /// Evicted by its node or the API.
+    Evicted,
+    /// Stopped because fewer workers were needed.
+    ScaledDown,
+}
+
+impl RestartReason {
+    /// Every reason, in a stable order.
+    pub const ALL: [RestartReason; 7] = [
+        RestartReason::MemorySoft,
+        RestartReason::MemoryHard,
+        RestartReason::Recycled,
+        RestartReason::OomKilled,
+        RestartReason::Crashed,
+        RestartReason::Evicted,
+        RestartReason::ScaledDown,
+    ];
+
+    /// The reason's name: `memory-soft`, `memory-hard`, `recycled`, `oom-killed`, `crashed`,
+    /// `evicted` or `scaled-down`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::MemorySoft => "memory-soft",
+            RestartReason::MemoryHard => "memory-hard",
+            RestartReason::Recycled => "recycled",
+            RestartReason::OomKilled => "oom-killed",
+            RestartReason::Crashed => "crashed",
+            RestartReason::Evicted => "evicted",
+            RestartReason::ScaledDown => "scaled-down",
+        }
+    }
+
+    /// Parses a reason name.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// Worker exit codes, as defined by the worker (`migrate_worker::exit::ExitReason`).
+pub mod exit_code {
+    /// Drained on request, or the queue was empty in drain mode.
+    pub const DRAINED: i32 = 0;
+    /// Drained itself after crossing its soft memory limit.
+    pub const MEMORY_SOFT: i32 = 10;
+    /// Stopped itself after crossing its hard memory limit.
+    pub const MEMORY_HARD: i32 = 11;
+    /// Drained itself after its configured number of tasks.
+    pub const RECYCLED: i32 = 12;
+    /// The configuration is wrong; restarting will not help.
+    pub const CONFIG: i32 = 78;
+}
+
+/// How a worker ended, as its backend saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code, when it exited normally.
+    pub code: Option<i32>,
+    /// Signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer ended it (Kubernetes reason `OOMKilled`).
+    pub oom_killed: bool,
+    /// It was evicted.
+    pub evicted: bool,
+}
+
+/// What a worker is doing, as far as the supervisor knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Created, not ready yet.
+    Starting,
+    /// Running.
+    Running,
+    /// Asked to drain (SIGTERM sent or pod deleted with its grace period), for this reason.
+    Draining(RestartReason),
+    /// Gone. `asked` is the reason it was asked to stop for, if it was.
+    Exited {
+        /// How it ended.
+        status: ExitStatus,
+        /// The reason the supervisor drained or killed it for, if it did.
+        asked: Option<RestartReason>,
+    },
+}
+
+/// One memory reading of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryReading {
+    /// Bytes in use (the larger of RSS and cgroup usage).
+    pub usage_bytes: u64,
+    /// The container's memory limit, when known.
+    pub limit_bytes: Option<u64>,
+    /// How old the reading is.
+    pub age: Duration,
+}
+
+/// What the supervisor knows of one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// Pod or process name.
+    pub name: String,
+    /// What it is doing.
+    pub state: WorkerState,
+    /// Time since it was started.
+    pub age: Duration,
+    /// Passing its readiness check.
+    pub ready: bool,
+    /// Ids in its processing list.
+    pub in_flight: u64,
+    /// Tasks it finished so far.
+    pub tasks_done: u64,
+    /// Latest memory reading, if any.
+    pub memory: Option<MemoryReading>,
+}
+
+/// The queue, as read from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Ids waiting in the queue.
+    pub queued: u64,
+    /// Ids in some worker's processing list.
+    pub in_flight: u64,
+}
+
+impl Backlog {
+    /// Queued plus in flight.
+    #[must_use]
+    pub fn total(self) -> u64 {
+        self.queued.saturating_add(self.in_flight)
+    }
+}
+
+/// Everything the policy looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observations {
+    /// Every worker the backend knows, exited ones included until reaped.
+    pub workers: Vec<Worker>,
+    /// The queue; `None` when Redis could not be read this round.
+    pub backlog: Option<Backlog>,
+    /// Monotonic time of this observation (any fixed origin).
+    pub now: Duration,
+}
+
+/// What the policy remembers between two decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyState {
+    /// Since when the backlog has asked for fewer workers than run.
+    pub scale_down_since: Option<Duration>,
+    /// Drain mode: since when the queue has been empty with nothing in flight.
+    pub idle_since: Option<Duration>,
+    /// Drain mode: the job is complete.
+    pub complete: bool,
+    /// A worker exited with the configuration error code; no starts until the spec changes.
+    pub config_error: bool,
+}
+
+/// Something the supervisor should tell people (a condition, an Event, a log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Every worker is above its soft limit: the limit is probably too low for the workload.
+    AllOverSoftLimit {
+        /// How many workers.
+        workers: usize,
+    },
+    /// Workers over their soft limit wait because the restart budget is used.
+    RestartsThrottled {
+        /// Workers waiting.
+        waiting: Vec<String>,
+    },
+    /// A worker's memory reading is older than `memory.staleAfterSeconds`; it is not acted on.
+    StaleReading {
+        /// The worker.
+        worker: String,
+        /// Age of the reading.
+        age: Duration,
+    },
+    /// No memory reading from a worker past its start-up grace.
+    MissingReading {
+        /// The worker.
+        worker: String,
+    },
+    /// A worker was OOM-killed anyway: raise the limit or lower the soft threshold.
+    OomKilled {
+        /// The worker.
+        worker: String,
+        /// Its last reading, if any.
+        last_usage_bytes: Option<u64>,
+    },
+    /// A worker exited with the configuration error code.
+    ConfigError {
+        /// The worker.
+        worker: String,
+    },
+    /// The queue could not be read; the worker count is left as it is.
+    BacklogUnknown,
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start this many new workers.
+    Start {
+        /// How many.
+        count: u32,
+    },
+    /// Ask a worker to finish its in-flight tasks and exit (SIGTERM, or delete the pod with
+    /// its grace period).
+    Drain {
+        /// The worker.
+        worker: String,
+        /// Why.
+        reason: RestartReason,
+        /// Its memory when decided, if known.
+        memory_bytes: Option<u64>,
+    },
+    /// Stop a worker at once (SIGKILL, or delete the pod with no grace); its in-flight ids are
+    /// requeued when it is reaped.
+    Kill {
+        /// The worker.
+        worker: String,
+        /// Why.
+        reason: RestartReason,
+        /// Its memory when decided, if known.
+        memory_bytes: Option<u64>,
+    },
+    /// Forget an exited worker: requeue its processing list, count its reason (if it is a
+    /// restart), remove what is left of it.
+    Reap {
+        /// The worker.
+        worker: String,
+        /// The restart reason to count; `None` for a worker that finished normally.
+        reason: Option<RestartReason>,
+    },
+    /// Drain mode finished: stop every remaining worker and mark the job Complete.
+    Complete,
+    /// Tell people.
+    Report(Report),
+}
+
+/// The result of one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// Workers wanted now.
+    pub desired: u32,
+    /// What to remember for the next decision.
+    pub state: PolicyState,
+}
+
+/// The settings the policy needs, read once from a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Drain or Continuous.
+    pub mode: Mode,
+    /// `spec.replicas`: a fixed count that wins over autoscaling.
+    pub replicas_override: Option<u32>,
+    /// Fewest workers.
+    pub min_replicas: u32,
+    /// Most workers autoscaling may ask for.
+    pub max_replicas: u32,
+    /// Backlog one worker is expected to handle.
+    pub target_backlog_per_worker: u64,
+    /// Scale-down stabilization window.
+    pub scale_down_window: Duration,
+    /// Drain mode settle period.
+    pub drain_settle: Duration,
+    /// Soft memory threshold.
+    pub soft: Threshold,
+    /// Hard memory threshold.
+    pub hard: Threshold,
+    /// The container limit from the spec, used when a reading carries none.
+    pub spec_limit_bytes: Option<u64>,
+    /// Most memory or recycle restarts in progress at once.
+    pub max_concurrent_restarts: u32,
+    /// Workers younger than this are not drained for the soft limit.
+    pub min_age: Duration,
+    /// Readings older than this are not acted on.
+    pub stale_after: Duration,
+    /// Recycle after this many tasks.
+    pub recycle_after_tasks: Option<u64>,
+}
+
+impl Settings {
+    /// Reads the settings from a spec.
+    ///
+    /// # Errors
+    /// [`ThresholdError`] when a memory threshold does not parse.
+    pub fn from_spec(spec: &MigrateJobSpec) -> Result<Self, ThresholdError> {
+        let w = &spec.workers;
+        let m = &spec.memory;
+        let non_negative = |v: i32| u32::try_from(v).unwrap_or(0);
+        Ok(Self {
+            mode: spec.mode,
+            replicas_override: spec.replicas.map(non_negative),
+            min_replicas: non_negative(w.min_replicas),
+            max_replicas: non_negative(w.max_replicas),
+            target_backlog_per_worker: u64::try_from(w.target_backlog_per_worker).unwrap_or(1).max(1),
+            scale_down_window: Duration::from_secs(u64::from(w.scale_down_stabilization_seconds)),
+            drain_settle: Duration::from_secs(u64::from(w.drain_settle_seconds)),
+            soft: Threshold::parse("memory.soft", &m.soft)?,
+            hard: Threshold::parse("memory.hard", &m.hard)?,
+            spec_limit_bytes: container_memory_limit(spec),
+            max_concurrent_restarts: m.max_concurrent_restarts.max(1),
+            min_age: Duration::from_secs(u64::from(m.min_worker_age_seconds)),
+            stale_after: Duration::from_secs(u64::from(m.stale_after_seconds)),
+            recycle_after_tasks: w.recycle_after_tasks,
+        })
+    }
+
+    /// Soft and hard limits in bytes for a reading, when they can be known.
+    #[must_use]
+    pub fn limits_for(&self, reading: &MemoryReading) -> (Option<u64>, Option<u64>) {
+        let limit = reading.limit_bytes.or(self.spec_limit_bytes);
+        (self.soft.resolve(limit), self.hard.resolve(limit))
+    }
+
+    /// Workers the backlog asks for, before the stabilization window.
+    #[must_use]
+    pub fn desired_for(&self, backlog: Backlog) -> u32 {
+        if let Some(n) = self.replicas_override {
+            return n;
+        }
+        if self.mode == Mode::Drain && backlog.total() == 0 {
+            return 0;
+        }
+        let want = backlog.total().div_ceil(self.target_backlog_per_worker);
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        want.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas))
+    }
+}
+
+/// The restart reason for an exited worker: what the kernel or the worker said first, then what
+/// the supervisor asked for. `None` means it finished normally (not a restart).
+#[must_use]
+pub fn classify_exit(status: &ExitStatus, asked: Option<RestartReason>) -> Option<RestartReason> {
+    if status.oom_killed {
+        return Some(RestartReason::OomKilled);
+    }
+    if status.evicted {
+        return Some(RestartReason::Evicted);
+    }
+    match status.code {
+        Some(exit_code::MEMORY_SOFT) => Some(RestartReason::MemorySoft),
+        Some(exit_code::MEMORY_HARD) => Some(RestartReason::MemoryHard),
+        Some(exit_code::RECYCLED) => Some(RestartReason::Recycled),
+        Some(exit_code::DRAINED) => asked,
+        // A signal we sent (hard kill) carries the reason we sent it for.
+        None if asked.is_some() => asked,
+        _ => Some(RestartReason::Crashed),
+    }
+}
+
+/// Decides what to do now. Pure: the same inputs give the same decision.
+#[must_use]
+pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -> Decision {
+    let mut state = previous.clone();
+    let mut actions = Vec::new();
+    let now = obs.now;
+
+    // 1. Reap what exited.
+    for w in &obs.workers {
+        if let WorkerState::Exited { status, asked } = &w.state {
+            if status.code == Some(exit_code::CONFIG) {
+                state.config_error = true;
+                actions.push(Action::Report(Report::ConfigError { worker: w.name.clone() }));
+            }
+            let reason = classify_exit(status, *asked);
+            if reason == Some(RestartReason::OomKilled) {
+                actions.push(Action::Report(Report::OomKilled {
+                    worker: w.name.clone(),
+                    last_usage_bytes: w.memory.map(|m| m.usage_bytes),
+                }));
+            }
+            actions.push(Action::Reap { worker: w.name.clone(), reason });
+        }
+    }
+    let live: Vec<&Worker> = obs
+        .workers
+        .iter()
+        .filter(|w| !matches!(w.state, WorkerState::Exited { .. }))
+        .collect();
+
+    // 2. Drain mode completion.
+    if settings.mode == Mode::Drain {
+        let idle = obs
+            .backlog
+            .is_some_and(|b| b.total() == 0 && live.iter().all(|w| w.in_flight == 0));
+        if idle {
+            let since = *state.idle_since.get_or_insert(now);
+            if now.saturating_sub(since) >= settings.drain_settle {
+                state.complete = true;
+            }
+        } else {
+            state.idle_since = None;
+        }
+    }
+    if state.complete {
+        actions.push(Action::Complete);
+        return Decision { actions, desired: 0, state };
+    }
+
+    // 3 and 4. Memory and recycling.
+    let mut removed: Vec<&str> = Vec::new(); // killed or drained this round
+    let mut candidates: Vec<(&Worker, RestartReason, Option<u64>, u64)> = Vec::new();
+    let mut over_soft = 0usize;
+    let mut active = 0usize;
+    for w in &live {
+        if matches!(w.state, WorkerState::Draining(_)) {
+            continue;
+        }
+        active += 1;
+        let Some(reading) = w.memory else {
+            if w.age > settings.stale_after {
+                actions.push(Action::Report(Report::MissingReading { worker: w.name.clone() }));
+            }
+            if let Some(c) = recycle_candidate(settings, w) {
+                candidates.push(c);
+            }
+            continue;
+        };
+        if reading.age > settings.stale_after {
+            actions.push(Action::Report(Report::StaleReading { worker: w.name.clone(), age: reading.age }));
+            continue;
+        }
+        let (soft, hard) = settings.limits_for(&reading);
+        if hard.is_some_and(|h| reading.usage_bytes >= h) {
+            actions.push(Action::Kill {
+                worker: w.name.clone(),
+                reason: RestartReason::MemoryHard,
+                memory_bytes: Some(reading.usage_bytes),
+            });
+            removed.push(&w.name);
+            continue;
+        }
+        if soft.is_some_and(|s| reading.usage_bytes >= s) {
+            over_soft += 1;
+            if w.age >= settings.min_age {
+                candidates.push((w, RestartReason::MemorySoft, Some(reading.usage_bytes), reading.usage_bytes));
+            }
+            continue;
+        }
+        if let Some(c) = recycle_candidate(settings, w) {
+            candidates.push(c);
+        }
+    }
+    if active >= 2 && over_soft == active {
+        actions.push(Action::Report(Report::AllOverSoftLimit { workers: active }));
+    }
+    // Memory first (highest usage first), then recycling (most tasks first).
+    candidates.sort_by(|a, b| {
+        let rank = |r: RestartReason| u8::from(r != RestartReason::MemorySoft);
+        rank(a.1).cmp(&rank(b.1)).then(b.3.cmp(&a.3)).then(a.0.name.cmp(&b.0.name))
+    });
+    let restarting = live
+        .iter()
+        .filter(|w| {
+            matches!(
+                w.state,
+                WorkerState::Draining(RestartReason::MemorySoft | RestartReason::Recycled)
+            )
+        })
+        .count();
+    let mut budget = usize::try_from(settings.max_concurrent_restarts)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(restarting);
+    let mut waiting = Vec::new();
+    for (w, reason, memory_bytes, _) in candidates {
+        if budget == 0 {
+            waiting.push(w.name.clone());
+            continue;
+        }
+        budget -= 1;
+        actions.push(Action::Drain { worker: w.name.clone(), reason, memory_bytes });
+        removed.push(&w.name);
+    }
+    if !waiting.is_empty() {
+        actions.push(Action::Report(Report::RestartsThrottled { waiting }));
+    }
+
+    // 5 and 6. Replacements and scale. Draining workers still hold their slot until they
+    // exit, so a replacement starts first only while the pool is below its cap.
+    let killed = actions.iter().filter(|a| matches!(a, Action::Kill { .. })).count();
+    let live_after = live.len() - killed;
+    let active_after = active - removed.len();
+    let Some(backlog) = obs.backlog.or(settings.replicas_override.map(|_| Backlog::default())) else {
+        actions.push(Action::Report(Report::BacklogUnknown));
+        // Keep the pool as it is: replace what this round removed, within the cap.
+        let cap = usize::try_from(settings.max_replicas).unwrap_or(usize::MAX);
+        let start = removed.len().min(cap.saturating_sub(live_after));
+        if start > 0 && !state.config_error {
+            actions.push(Action::Start { count: u32::try_from(start).unwrap_or(u32::MAX) });
+        }
+        let desired = u32::try_from(active).unwrap_or(u32::MAX);
+        return Decision { actions, desired, state };
+    };
+    let desired = if state.config_error { 0 } else { settings.desired_for(backlog) };
+    let desired_us = usize::try_from(desired).unwrap_or(usize::MAX);
+    let cap = usize::try_from(settings.max_replicas.max(desired)).unwrap_or(usize::MAX);
+    if desired_us > active_after {
+        state.scale_down_since = None;
+        let start = (desired_us - active_after).min(cap.saturating_sub(live_after));
+        if start > 0 {
+            actions.push(Action::Start { count: u32::try_from(start).unwrap_or(u32::MAX) });
+        }
+    } else if desired_us < active_after {
+        let immediate = settings.replicas_override.is_some();
+        let since = *state.scale_down_since.get_or_insert(now);
+        if immediate || now.saturating_sub(since) >= settings.scale_down_window {
+            let excess = active_after - desired_us;
+            let mut pool: Vec<&Worker> = live
+                .iter()
+                .copied()
+                .filter(|w| !matches!(w.state, WorkerState::Draining(_)))
+                .filter(|w| !removed.contains(&w.name.as_str()))
+                .collect();
+            // Idle before busy; among idle, the one using most memory; among busy, the least
+            // busy; then by name for a stable order.
+            pool.sort_by(|a, b| {
+                (a.in_flight > 0)
+                    .cmp(&(b.in_flight > 0))
+                    .then(a.in_flight.cmp(&b.in_flight))
+                    .then(usage(b).cmp(&usage(a)))
+                    .then(a.name.cmp(&b.name))
+            });
+            for w in pool.into_iter().take(excess) {
+                actions.push(Action::Drain {
+                    worker: w.name.clone(),
+                    reason: RestartReason::ScaledDown,
+                    memory_bytes: w.memory.map(|m| m.usage_bytes),
+                });
+            }
+            state.scale_down_since = None;
+        }
+    } else {
+        state.scale_down_since = None;
+    }
+    Decision { actions, desired, state }
+}
+
+fn usage(w: &Worker) -> u64 {
+    w.memory.map_or(0, |m| m.usage_bytes)
+}
+
+fn recycle_candidate<'a>(
+    settings: &Settings,
+    w: &'a Worker,
+) -> Option<(&'a Worker, RestartReason, Option<u64>, u64)> {
+    let limit = settings.recycle_after_tasks?;
+    (w.tasks_done >= limit).then(|| (w, RestartReason::Recycled, w.memory.map(|m| m.usage_bytes), w.tasks_done))
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;
