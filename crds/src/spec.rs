@@ -3,6 +3,10 @@
 //! The same types are the worker's pipeline file, so the custom resource and the worker can
 //! never disagree about a field.
 
+// kube's `printcolumn(...)` repeats `type_ = "integer"` across columns, which clippy mistakes
+// for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
