@@ -1,0 +1,855 @@
+//! Sending bulk requests, and resending what failed.
+//!
+//! [`Sink::send`] posts a closed batch to `/{index}/_bulk`, classifies every item with
+//! [`retry`], and resends only the documents that may still succeed (429, 5xx,
+//! no answer) after a capped, jittered exponential backoff, up to `SinkSpec.retries` times.
+//! It never returns an error: every document gets an [`ItemResult`], in batch order.
+//!
+//! The body goes out through [`Elasticsearch::send`] as one `Bytes`: the generated `Bulk`
+//! builder wraps every body in an `NdBody`, which the transport copies into a fresh buffer
+//! grown from 1 KiB, while a `Bytes` body is handed to the HTTP client as it is.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use elasticsearch::auth::Credentials;
+use elasticsearch::http::headers::HeaderMap;
+use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use elasticsearch::http::{Method, Url};
+use elasticsearch::{BulkParts, Elasticsearch};
+use tracing::{debug, warn};
+
+use super::retry::{self, Backoff, ItemClass, RequestClass};
+use super::{BulkBuilder, BulkRequest, ItemResult, SinkError};
+use crate::task::TaskId;
+
+/// Longest a bulk request (connect, send, answer) may take before it counts as failed.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Only what the classifier reads; a 10,000-item response shrinks to a few hundred KB.
+const FILTER_PATH: &str = "errors,error,items.*.status,items.*.error,items.*._id";
+
+/// Most bytes of an error body quoted in a failure reason.
+const MAX_QUOTED_BODY: usize = 512;
+
+/// The search index the documents go to, and how batches are bounded and retried.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    client: Elasticsearch,
+    /// The server URL without credentials, for messages.
+    url: String,
+    index: String,
+    bulk_path: String,
+    max_docs: usize,
+    max_bytes: usize,
+    flush_interval: Duration,
+    retries: u32,
+    backoff: Backoff,
+    timeout: Duration,
+}
+
+/// The answer to one bulk attempt.
+enum Answer {
+    /// A 2xx with a JSON body: classify item by item.
+    Items(serde_json::Value),
+    /// The request as a whole may succeed later.
+    Retry(String),
+    /// The request as a whole was refused; do not retry now.
+    Fail(String),
+}
+
+impl Sink {
+    /// A sink for `spec.index` on the server at `url`, with basic auth when `username` and
+    /// `password` are given (or when the URL carries them).
+    ///
+    /// # Errors
+    /// - [`SinkError::InvalidUrl`] when `url` is not an http(s) URL;
+    /// - [`SinkError::IncompleteCredentials`] when only one of `username` and `password` is
+    ///   given;
+    /// - [`SinkError::Client`] when the HTTP client cannot be built.
+    pub fn new(
+        spec: &migrate_crds::SinkSpec,
+        url: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Self, SinkError> {
+        let mut parsed = Url::parse(url).map_err(|e| SinkError::InvalidUrl {
+            reason: e.to_string(),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(SinkError::InvalidUrl {
+                reason: format!("scheme {:?} is not http or https", parsed.scheme()),
+            });
+        }
+        if parsed.cannot_be_a_base() || parsed.host().is_none() {
+            return Err(SinkError::InvalidUrl {
+                reason: "no host".to_owned(),
+            });
+        }
+        let from_url = (!parsed.username().is_empty()).then(|| {
+            (
+                percent_decode(parsed.username()),
+                percent_decode(parsed.password().unwrap_or("")),
+            )
+        });
+        // Credentials never stay in the URL: it appears in messages and logs.
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
+        // Without a trailing slash, a path prefix (a proxy's `/es`) would be replaced by `_bulk`.
+        if !parsed.path().ends_with('/') {
+            let path = format!("{}/", parsed.path());
+            parsed.set_path(&path);
+        }
+        let credentials = match (username, password) {
+            (Some(u), Some(p)) => Some((u.to_owned(), p.to_owned())),
+            (None, None) => from_url,
+            _ => return Err(SinkError::IncompleteCredentials),
+        };
+        let shown = parsed.as_str().trim_end_matches('/').to_owned();
+        // The timeout is set per request (`with_request_timeout` can change it after this).
+        let mut transport =
+            TransportBuilder::new(SingleNodeConnectionPool::new(parsed)).enable_meta_header(false);
+        if let Some((u, p)) = credentials {
+            transport = transport.auth(Credentials::Basic(u, p));
+        }
+        let transport = transport.build().map_err(|source| SinkError::Client {
+            url: shown.clone(),
+            source,
+        })?;
+        Ok(Self {
+            client: Elasticsearch::new(transport),
+            url: shown,
+            index: spec.index.clone(),
+            bulk_path: BulkParts::Index(&spec.index).url().into_owned(),
+            max_docs: usize::try_from(spec.batch_docs).unwrap_or(usize::MAX),
+            max_bytes: usize::try_from(spec.batch_bytes).unwrap_or(usize::MAX),
+            flush_interval: Duration::from_millis(u64::from(spec.flush_interval_ms)),
+            retries: spec.retries,
+            backoff: Backoff::default(),
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+        })
+    }
+
+    /// Replaces the backoff between retries (tests use short delays).
+    #[must_use]
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Replaces the per-request timeout ([`DEFAULT_REQUEST_TIMEOUT`]).
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// An empty batch with this sink's bounds.
+    #[must_use]
+    pub fn builder(&self) -> BulkBuilder {
+        BulkBuilder::new(self.max_docs, self.max_bytes)
+    }
+
+    /// Most time a document may wait in a partial batch (`SinkSpec.flush_interval_ms`).
+    #[must_use]
+    pub fn flush_interval(&self) -> Duration {
+        self.flush_interval
+    }
+
+    /// The index written to.
+    #[must_use]
+    pub fn index(&self) -> &str {
+        &self.index
+    }
+
+    /// The server URL, without credentials.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Checks that the server answers.
+    ///
+    /// # Errors
+    /// [`SinkError::Unreachable`] when it does not answer in time; [`SinkError::PingStatus`]
+    /// when it answers with an error status (e.g. 401 for wrong credentials).
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        let response = self
+            .client
+            .ping()
+            .request_timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|source| SinkError::Unreachable {
+                url: self.url.clone(),
+                source,
+            })?;
+        let status = response.status_code();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(SinkError::PingStatus {
+                url: self.url.clone(),
+                status: status.as_u16(),
+            })
+        }
+    }
+
+    /// Sends a batch and resends what may still succeed; one result per document, in batch
+    /// order.
+    ///
+    /// Documents refused for good come back [`ItemResult::Rejected`]; documents still failing
+    /// after `SinkSpec.retries` retries (or refused as a whole request, e.g. 401) come back
+    /// [`ItemResult::Failed`].
+    pub async fn send(&self, batch: BulkRequest) -> Vec<(TaskId, ItemResult)> {
+        let n = batch.len();
+        let mut results = vec![
+            ItemResult::Failed {
+                reason: "not sent".to_owned()
+            };
+            n
+        ];
+        let mut pending: Vec<usize> = (0..n).collect();
+        let mut attempts = 0u32;
+        let mut given_up = false;
+        while !pending.is_empty() {
+            let body = batch.body_of(&pending);
+            let bytes = body.len();
+            attempts += 1;
+            match self.post(body).await {
+                Answer::Items(response) => {
+                    let ids: Vec<String> =
+                        pending.iter().map(|&i| batch.ids()[i].doc_id()).collect();
+                    let classes = retry::classify_bulk_response_for_ids(&response, &ids);
+                    let mut still = Vec::new();
+                    for (&i, class) in pending.iter().zip(classes) {
+                        results[i] = match class {
+                            ItemClass::Ok => ItemResult::Indexed,
+                            ItemClass::Reject { status, reason } => {
+                                ItemResult::Rejected { status, reason }
+                            }
+                            ItemClass::Retry(reason) => {
+                                still.push(i);
+                                ItemResult::Failed { reason }
+                            }
+                        };
+                    }
+                    debug!(
+                        index = %self.index,
+                        attempt = attempts,
+                        docs = pending.len(),
+                        bytes,
+                        retriable = still.len(),
+                        "Bulk request answered."
+                    );
+                    pending = still;
+                }
+                Answer::Retry(reason) => {
+                    for &i in &pending {
+                        results[i] = ItemResult::Failed {
+                            reason: reason.clone(),
+                        };
+                    }
+                }
+                Answer::Fail(reason) => {
+                    warn!(index = %self.index, docs = pending.len(), %reason, "Bulk request refused; not retrying.");
+                    for &i in &pending {
+                        results[i] = ItemResult::Failed {
+                            reason: format!("not retried: {reason}"),
+                        };
+                    }
+                    pending.clear();
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            if attempts > self.retries {
+                given_up = true;
+                break;
+            }
+            let delay = self.backoff.delay(attempts - 1, &mut rand::rng());
+            let first_reason = match &results[pending[0]] {
+                ItemResult::Failed { reason } => reason.as_str(),
+                _ => "",
+            };
+            warn!(
+                index = %self.index,
+                attempt = attempts,
+                docs = pending.len(),
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                reason = first_reason,
+                "Bulk documents failed; retrying after backoff."
+            );
+            tokio::time::sleep(delay).await;
+        }
+        if given_up {
+            warn!(index = %self.index, attempts, docs = pending.len(), "Bulk documents still failing; giving up.");
+            for &i in &pending {
+                if let ItemResult::Failed { reason } = &mut results[i] {
+                    *reason = format!("gave up after {attempts} attempts: {reason}");
+                }
+            }
+        }
+        batch.into_ids().into_iter().zip(results).collect()
+    }
+
+    /// One POST of a bulk body, read into an [`Answer`].
+    async fn post(&self, body: Bytes) -> Answer {
+        let sent = self
+            .client
+            .send(
+                Method::Post,
+                &self.bulk_path,
+                HeaderMap::new(),
+                Some(&[("filter_path", FILTER_PATH)]),
+                Some(body),
+                Some(self.timeout),
+            )
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                return Answer::Retry(format!(
+                    "bulk request to {} failed: {}",
+                    self.url,
+                    chain(&e)
+                ));
+            }
+        };
+        let status = response.status_code().as_u16();
+        let text = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return Answer::Retry(format!(
+                    "reading the bulk response (HTTP {status}) failed: {}",
+                    chain(&e)
+                ));
+            }
+        };
+        if !(200..=299).contains(&status) {
+            let reason = format!("bulk request answered HTTP {status}: {}", quote(&text));
+            return match retry::classify_request_status(status) {
+                RequestClass::Retry => Answer::Retry(reason),
+                RequestClass::Fail => Answer::Fail(reason),
+            };
+        }
+        match serde_json::from_slice(&text) {
+            Ok(v) => Answer::Items(v),
+            Err(e) => Answer::Retry(format!(
+                "bulk response (HTTP {status}) is not JSON: {e}: {}",
+                quote(&text)
+            )),
+        }
+    }
+}
+
+/// An error and its causes on one line (reqwest puts the useful part, e.g. "Connection
+/// refused", in the causes).
+fn chain(e: &elasticsearch::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The start of a response body, for a failure reason.
+fn quote(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_QUOTED_BODY)]);
+    let text = text.trim();
+    if body.len() > MAX_QUOTED_BODY {
+        format!("{text}...")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Decodes `%XX` escapes of a URL's user-info part.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The failures a real server does not produce on demand (a 429 storm, a dropped
+    //! connection, a 503 on every request, a stalled answer), from a scripted HTTP server.
+
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// What the scripted server does with one request.
+    #[derive(Clone, Debug)]
+    enum Act {
+        /// Answer with this status and body.
+        Reply(u16, String),
+        /// Close the connection without answering.
+        Drop,
+        /// Never answer.
+        Stall,
+    }
+
+    /// One request the server received.
+    #[derive(Clone, Debug)]
+    struct Seen {
+        at: Instant,
+        target: String,
+        body: String,
+    }
+
+    #[derive(Default)]
+    struct Log {
+        script: Vec<Act>,
+        next: usize,
+        seen: Vec<Seen>,
+    }
+
+    /// An HTTP/1.1 server on 127.0.0.1:0 that plays `script` in order, repeating the last
+    /// act once the script is used up.
+    struct Scripted {
+        url: String,
+        log: Arc<Mutex<Log>>,
+    }
+
+    impl Scripted {
+        async fn start(script: Vec<Act>) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let log = Arc::new(Mutex::new(Log {
+                script,
+                ..Log::default()
+            }));
+            let shared = log.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream, shared.clone()));
+                }
+            });
+            Self { url, log }
+        }
+
+        fn seen(&self) -> Vec<Seen> {
+            self.log.lock().unwrap().seen.clone()
+        }
+    }
+
+    async fn serve(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
+        let mut buf = Vec::new();
+        loop {
+            let Some((target, body)) = read_request(&mut stream, &mut buf).await else {
+                return;
+            };
+            let act = {
+                let mut log = log.lock().unwrap();
+                log.seen.push(Seen {
+                    at: Instant::now(),
+                    target,
+                    body,
+                });
+                let i = log.next.min(log.script.len() - 1);
+                log.next += 1;
+                log.script[i].clone()
+            };
+            match act {
+                Act::Reply(status, body) => {
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(body.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Act::Drop => return,
+                Act::Stall => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads one request (head and content-length body); `None` when the peer closed.
+    async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, String)> {
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
+        buf.drain(..head_end + length);
+        Some((target, body))
+    }
+
+    fn spec(retries: u32) -> migrate_crds::SinkSpec {
+        serde_json::from_value(json!({
+            "urlSecretRef": {"name": "search", "key": "url"},
+            "index": "mock",
+            "retries": retries,
+        }))
+        .unwrap()
+    }
+
+    const FAST: Backoff = Backoff {
+        base: Duration::from_millis(40),
+        cap: Duration::from_millis(200),
+    };
+
+    fn sink(url: &str, retries: u32) -> Sink {
+        Sink::new(&spec(retries), url, None, None)
+            .unwrap()
+            .with_backoff(FAST)
+    }
+
+    fn batch(sink: &Sink, n: u64) -> BulkRequest {
+        let mut b = sink.builder();
+        for i in 1..=n {
+            let doc = json!({"n": i}).as_object().unwrap().clone();
+            b.push(TaskId::parse(&i.to_string()).unwrap(), &doc)
+                .unwrap();
+        }
+        b.finish()
+    }
+
+    fn ok_items(ids: &[u64]) -> String {
+        let items: Vec<_> = ids
+            .iter()
+            .map(|i| json!({"index": {"_id": i.to_string(), "status": 201}}))
+            .collect();
+        json!({"errors": false, "items": items}).to_string()
+    }
+
+    /// The ids in a bulk body, in order.
+    fn body_ids(body: &str) -> Vec<String> {
+        body.lines()
+            .step_by(2)
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]["_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Gaps between consecutive requests.
+    fn gaps(seen: &[Seen]) -> Vec<Duration> {
+        seen.windows(2).map(|w| w[1].at - w[0].at).collect()
+    }
+
+    /// HTTP 429 on the whole request twice, then success: resent with growing backoff, and
+    /// every document ends indexed.
+    #[tokio::test]
+    async fn a_429_storm_is_retried_with_backoff_until_it_passes() {
+        let too_many = Act::Reply(
+            429,
+            r#"{"error":{"type":"es_rejected_execution_exception","reason":"busy"},"status":429}"#
+                .into(),
+        );
+        let server = Scripted::start(vec![
+            too_many.clone(),
+            too_many,
+            Act::Reply(200, ok_items(&[1, 2, 3])),
+        ])
+        .await;
+        let sink = sink(&server.url, 5);
+        let results = sink.send(batch(&sink, 3)).await;
+        assert!(
+            results.iter().all(|(_, r)| *r == ItemResult::Indexed),
+            "{results:?}"
+        );
+        let seen = server.seen();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter()
+                .all(|s| s.target.starts_with("/mock/_bulk?filter_path=")),
+            "{:?}",
+            seen[0].target
+        );
+        assert!(seen.iter().all(|s| body_ids(&s.body) == ["1", "2", "3"]));
+        let gaps = gaps(&seen);
+        // Jitter draws from the upper half of 40 ms then 80 ms.
+        assert!(gaps[0] >= Duration::from_millis(20), "{gaps:?}");
+        assert!(gaps[1] >= Duration::from_millis(40), "{gaps:?}");
+    }
+
+    /// Only the items that failed with 429/503 are resent; a 400 item is rejected at once with
+    /// the server's reason and never resent.
+    #[tokio::test]
+    async fn only_failed_items_are_resent() {
+        let first = json!({"errors": true, "items": [
+            {"index": {"_id": "1", "status": 201}},
+            {"index": {"_id": "2", "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}},
+            {"index": {"_id": "3", "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [n]"}}},
+            {"index": {"_id": "4", "status": 503, "error": {"type": "unavailable_shards_exception", "reason": "no primary"}}},
+        ]})
+        .to_string();
+        let server = Scripted::start(vec![
+            Act::Reply(200, first),
+            Act::Reply(200, ok_items(&[2, 4])),
+        ])
+        .await;
+        let sink = sink(&server.url, 3);
+        let results = sink.send(batch(&sink, 4)).await;
+        let ids: Vec<u64> = results.iter().map(|(id, _)| id.value).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        assert_eq!(results[0].1, ItemResult::Indexed);
+        assert_eq!(results[1].1, ItemResult::Indexed);
+        assert_eq!(
+            results[2].1,
+            ItemResult::Rejected {
+                status: 400,
+                reason: "mapper_parsing_exception: failed to parse field [n]".into()
+            }
+        );
+        assert_eq!(results[3].1, ItemResult::Indexed);
+        let seen = server.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(body_ids(&seen[1].body), ["2", "4"]);
+        assert!(seen[1].body.contains(r#"{"n":4}"#));
+    }
+
+    /// A 503 on every request: tried 1 + retries times, with backoff, then every document
+    /// comes back Failed saying how often it was tried and why.
+    #[tokio::test]
+    async fn a_503_on_every_request_stops_at_the_retry_limit() {
+        let server = Scripted::start(vec![Act::Reply(503, r#"{"error":"down"}"#.into())]).await;
+        let sink = sink(&server.url, 2);
+        let started = Instant::now();
+        let results = sink.send(batch(&sink, 2)).await;
+        assert_eq!(server.seen().len(), 3);
+        assert!(
+            started.elapsed() >= Duration::from_millis(20 + 40),
+            "no backoff: {:?}",
+            started.elapsed()
+        );
+        for (_, r) in &results {
+            match r {
+                ItemResult::Failed { reason } => {
+                    assert!(reason.starts_with("gave up after 3 attempts"), "{reason}");
+                    assert!(reason.contains("HTTP 503"), "{reason}");
+                }
+                other => panic!("expected Failed, got {other:?}"),
+            }
+        }
+    }
+
+    /// An item that keeps answering 429 is resent alone until the retries run out, then comes
+    /// back Failed with the item's reason; its neighbour stays Indexed.
+    #[tokio::test]
+    async fn an_item_429_storm_gives_up_at_the_limit() {
+        let busy = json!({"index": {"_id": "2", "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}});
+        let first =
+            json!({"errors": true, "items": [{"index": {"_id": "1", "status": 201}}, busy]})
+                .to_string();
+        let again = json!({"errors": true, "items": [busy]}).to_string();
+        let server = Scripted::start(vec![Act::Reply(200, first), Act::Reply(200, again)]).await;
+        let sink = sink(&server.url, 2);
+        let results = sink.send(batch(&sink, 2)).await;
+        assert_eq!(results[0].1, ItemResult::Indexed);
+        assert!(
+            matches!(&results[1].1, ItemResult::Failed { reason }
+                if reason.starts_with("gave up after 3 attempts: HTTP 429 es_rejected_execution_exception: queue full")),
+            "{results:?}"
+        );
+        let seen = server.seen();
+        assert_eq!(seen.len(), 3);
+        assert!(seen[1..].iter().all(|s| body_ids(&s.body) == ["2"]));
+    }
+
+    /// A connection closed without an answer is retried like any transient failure.
+    #[tokio::test]
+    async fn a_dropped_connection_is_retried() {
+        let server = Scripted::start(vec![Act::Drop, Act::Reply(200, ok_items(&[1, 2]))]).await;
+        let sink = sink(&server.url, 2);
+        let results = sink.send(batch(&sink, 2)).await;
+        assert!(
+            results.iter().all(|(_, r)| *r == ItemResult::Indexed),
+            "{results:?}"
+        );
+        assert_eq!(server.seen().len(), 2);
+    }
+
+    /// Connections always dropped: Failed after the retries, with the client's reason.
+    #[tokio::test]
+    async fn connections_always_dropped_end_failed() {
+        let server = Scripted::start(vec![Act::Drop]).await;
+        let sink = sink(&server.url, 1);
+        let results = sink.send(batch(&sink, 1)).await;
+        assert_eq!(server.seen().len(), 2);
+        assert!(
+            matches!(&results[0].1, ItemResult::Failed { reason } if reason.starts_with("gave up after 2 attempts: bulk request to")),
+            "{results:?}"
+        );
+    }
+
+    /// An answer slower than the request timeout counts as a failure and is retried.
+    #[tokio::test]
+    async fn a_stalled_answer_times_out_and_is_retried() {
+        let server = Scripted::start(vec![Act::Stall, Act::Reply(200, ok_items(&[1]))]).await;
+        let sink = sink(&server.url, 1).with_request_timeout(Duration::from_millis(300));
+        let results = sink.send(batch(&sink, 1)).await;
+        assert_eq!(results[0].1, ItemResult::Indexed);
+        assert_eq!(server.seen().len(), 2);
+    }
+
+    /// A 401 on the request is not the documents' fault and will not pass by retrying now:
+    /// sent once, every document Failed (left for redelivery), none Rejected.
+    #[tokio::test]
+    async fn an_auth_failure_is_not_retried_and_not_rejected() {
+        let server =
+            Scripted::start(vec![Act::Reply(401, r#"{"error":"unauthorized"}"#.into())]).await;
+        let sink = sink(&server.url, 5);
+        let results = sink.send(batch(&sink, 2)).await;
+        assert_eq!(server.seen().len(), 1);
+        assert!(results
+            .iter()
+            .all(|(_, r)| matches!(r, ItemResult::Failed { reason } if reason.starts_with("not retried") && reason.contains("401"))));
+    }
+
+    /// A 200 whose body is not JSON is retried, never taken for a success.
+    #[tokio::test]
+    async fn a_garbled_success_is_retried() {
+        let server = Scripted::start(vec![
+            Act::Reply(200, "<html>proxy</html>".into()),
+            Act::Reply(200, ok_items(&[1])),
+        ])
+        .await;
+        let sink = sink(&server.url, 1);
+        let results = sink.send(batch(&sink, 1)).await;
+        assert_eq!(results[0].1, ItemResult::Indexed);
+        assert_eq!(server.seen().len(), 2);
+    }
+
+    /// Basic auth is sent when credentials are given, and a URL path prefix is kept.
+    #[tokio::test]
+    async fn credentials_and_path_prefix_reach_the_server() {
+        let server = Scripted::start(vec![Act::Reply(200, ok_items(&[1]))]).await;
+        let url = format!("{}/proxy/es", server.url);
+        let sink = Sink::new(&spec(0), &url, Some("elastic"), Some("s3cret")).unwrap();
+        assert_eq!(sink.url(), url);
+        let results = sink.send(batch(&sink, 1)).await;
+        assert_eq!(results[0].1, ItemResult::Indexed);
+        assert!(
+            server.seen()[0].target.starts_with("/proxy/es/mock/_bulk"),
+            "{}",
+            server.seen()[0].target
+        );
+    }
+
+    /// Credentials in the URL are used and never shown; half a pair is a configuration error.
+    #[test]
+    fn url_credentials_are_hidden_and_half_pairs_refused() {
+        let sink = Sink::new(
+            &spec(0),
+            "https://user:p%40ss@search.example:9200",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(sink.url(), "https://search.example:9200");
+        let err = Sink::new(&spec(0), "http://h:9200", Some("u"), None).unwrap_err();
+        assert!(matches!(err, SinkError::IncompleteCredentials));
+        assert!(err.is_config());
+        let err = Sink::new(&spec(0), "ftp://h", None, None).unwrap_err();
+        assert!(err.to_string().contains("not http or https"), "{err}");
+        let err = Sink::new(&spec(0), "http://user:secret@[bad", None, None).unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert_eq!(percent_decode("p%40ss%zz"), "p@ss%zz");
+    }
+
+    /// Ping: ok on 200, an error naming the status otherwise, and an error without a server.
+    #[tokio::test]
+    async fn ping_reports_status_and_absence() {
+        let ok = Scripted::start(vec![Act::Reply(200, "{}".into())]).await;
+        sink(&ok.url, 0).ping().await.unwrap();
+        let denied = Scripted::start(vec![Act::Reply(401, "{}".into())]).await;
+        let err = sink(&denied.url, 0).ping().await.unwrap_err();
+        assert!(
+            matches!(err, SinkError::PingStatus { status: 401, .. }),
+            "{err:?}"
+        );
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let err = sink(&url, 0).ping().await.unwrap_err();
+        assert!(matches!(err, SinkError::Unreachable { .. }), "{err:?}");
+        assert_eq!(err.metric_label(), "unreachable");
+    }
+
+    /// The futures can be spawned on a multi-threaded runtime.
+    #[test]
+    fn send_and_ping_futures_are_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let sink = sink("http://127.0.0.1:1", 0);
+        assert_send(&sink.send(sink.builder().finish()));
+        assert_send(&sink.ping());
+    }
+
+    /// An empty batch sends nothing.
+    #[tokio::test]
+    async fn an_empty_batch_sends_nothing() {
+        let server = Scripted::start(vec![Act::Reply(500, String::new())]).await;
+        let sink = sink(&server.url, 3);
+        assert!(sink.send(sink.builder().finish()).await.is_empty());
+        assert!(server.seen().is_empty());
+    }
+}
