@@ -1,0 +1,441 @@
+//! The worker's Prometheus metrics (names in `docs/architecture.md`, "Metric names"), their
+//! OpenMetrics text encoding, and a parser of that text for supervisors that scrape workers.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::memory::{MemoryState, read_cgroup, read_rss, retained_all};
+use crate::stage::Stage;
+
+/// The `Content-Type` of [`WorkerMetrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The task outcomes counted in `migrate_tasks_total{outcome}`; all are exposed from the start.
+pub const OUTCOMES: [&str; 5] = ["indexed", "filtered", "skipped", "retried", "dead"];
+
+/// Upper bounds of `migrate_stage_seconds`: 0.5 ms to 10 s.
+const STAGE_BUCKETS: [f64; 14] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of `migrate_bulk_docs`: documents per bulk request.
+const BULK_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
+
+type Label = [(&'static str, &'static str); 1];
+type OutcomeLabel = [(&'static str, String); 1];
+
+fn stage_histogram() -> Histogram {
+    Histogram::new(STAGE_BUCKETS)
+}
+
+fn stage_label(stage: Stage) -> Label {
+    [("stage", stage.as_str())]
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The worker's metrics and the registry that exposes them.
+///
+/// Shared by `Arc`; every method takes `&self` (the metrics are atomics). Gauges of unknown
+/// values (no cgroup, no limit) read 0.
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    registry: Registry,
+    tasks: Family<OutcomeLabel, Counter>,
+    tasks_done: Gauge,
+    stage_seconds: Family<Label, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    bulk_docs: Histogram,
+    resident_memory: Gauge,
+    cgroup_memory: Gauge,
+    cgroup_limit: Gauge,
+    soft_limit: Gauge,
+    retained: Family<Label, Gauge>,
+    queue_lag: Gauge<f64, AtomicU64>,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkerMetrics {
+    /// Creates the metrics and registers them in a registry of their own; every label value
+    /// (outcome, stage) is present from the start.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let tasks = Family::<OutcomeLabel, Counter>::default();
+        let tasks_done = Gauge::default();
+        let stage_seconds =
+            Family::<Label, Histogram, fn() -> Histogram>::new_with_constructor(stage_histogram);
+        let in_flight = Gauge::default();
+        let bulk_docs = Histogram::new(BULK_BUCKETS);
+        let resident_memory = Gauge::default();
+        let cgroup_memory = Gauge::default();
+        let cgroup_limit = Gauge::default();
+        let soft_limit = Gauge::default();
+        let retained = Family::<Label, Gauge>::default();
+        let queue_lag = Gauge::<f64, AtomicU64>::default();
+
+        // Counters get their `_total` suffix from the encoder.
+        registry.register("migrate_tasks", "Tasks finished, by outcome", tasks.clone());
+        registry.register(
+            "migrate_tasks_done",
+            "Tasks finished by this process (any outcome); the supervisor recycles on it",
+            tasks_done.clone(),
+        );
+        registry.register(
+            "migrate_stage_seconds",
+            "Time spent in each stage per task",
+            stage_seconds.clone(),
+        );
+        registry.register(
+            "migrate_in_flight",
+            "Tasks taken and not yet acknowledged",
+            in_flight.clone(),
+        );
+        registry.register(
+            "migrate_bulk_docs",
+            "Documents per bulk request",
+            bulk_docs.clone(),
+        );
+        registry.register(
+            "migrate_process_resident_memory_bytes",
+            "Resident memory of the worker process",
+            resident_memory.clone(),
+        );
+        registry.register(
+            "migrate_cgroup_memory_bytes",
+            "memory.current of the worker's cgroup (0 outside a memory cgroup)",
+            cgroup_memory.clone(),
+        );
+        registry.register(
+            "migrate_cgroup_memory_limit_bytes",
+            "The memory limit the thresholds refer to: override, cgroup memory.max or spec (0 when unknown)",
+            cgroup_limit.clone(),
+        );
+        registry.register(
+            "migrate_memory_soft_limit_bytes",
+            "Usage above which the worker drains itself (0 when unknown)",
+            soft_limit.clone(),
+        );
+        registry.register(
+            "migrate_stage_retained_bytes",
+            "Bytes allocated while a stage ran and not yet freed",
+            retained.clone(),
+        );
+        registry.register(
+            "migrate_queue_lag_seconds",
+            "Queue lag in seconds, as last measured by the queue stage",
+            queue_lag.clone(),
+        );
+
+        for outcome in OUTCOMES {
+            let _ = tasks.get_or_create(&[("outcome", outcome.to_owned())]);
+        }
+        for stage in Stage::ALL {
+            let _ = stage_seconds.get_or_create(&stage_label(stage));
+            let _ = retained.get_or_create(&stage_label(stage));
+        }
+
+        Self {
+            registry,
+            tasks,
+            tasks_done,
+            stage_seconds,
+            in_flight,
+            bulk_docs,
+            resident_memory,
+            cgroup_memory,
+            cgroup_limit,
+            soft_limit,
+            retained,
+            queue_lag,
+        }
+    }
+
+    /// Counts one finished task with its outcome (one of [`OUTCOMES`]; keep the set small, it
+    /// is a label) and adds it to `migrate_tasks_done`.
+    pub fn task(&self, outcome: &str) {
+        self.tasks
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .inc();
+        self.tasks_done.inc();
+    }
+
+    /// Tasks finished by this process so far.
+    #[must_use]
+    pub fn tasks_done(&self) -> i64 {
+        self.tasks_done.get()
+    }
+
+    /// Records the time one task spent in a stage.
+    pub fn observe_stage(&self, stage: Stage, elapsed: Duration) {
+        self.stage_seconds
+            .get_or_create(&stage_label(stage))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the number of tasks taken and not yet acknowledged.
+    pub fn set_in_flight(&self, tasks: i64) {
+        self.in_flight.set(tasks);
+    }
+
+    /// Records the size of one bulk request in documents.
+    pub fn observe_bulk(&self, docs: usize) {
+        self.bulk_docs.observe(docs as f64);
+    }
+
+    /// Sets the memory gauges from a reading of the memory watch.
+    pub fn set_memory(&self, state: &MemoryState) {
+        self.resident_memory.set(saturating_i64(state.rss));
+        self.cgroup_memory
+            .set(saturating_i64(state.cgroup_current.unwrap_or(0)));
+        self.cgroup_limit
+            .set(saturating_i64(state.limit.unwrap_or(0)));
+        self.soft_limit.set(saturating_i64(state.soft.unwrap_or(0)));
+    }
+
+    /// Reads RSS and the cgroup's usage now and sets their gauges (the limits stay as the last
+    /// [`WorkerMetrics::set_memory`] left them). Reads two small `/proc`/`/sys` files.
+    pub fn refresh_memory(&self) {
+        if let Some(rss) = read_rss() {
+            self.resident_memory.set(saturating_i64(rss));
+        }
+        if let Some(cgroup) = read_cgroup() {
+            self.cgroup_memory.set(saturating_i64(cgroup.current));
+        }
+    }
+
+    /// Copies the counting allocator's per-stage retained bytes into their gauges.
+    pub fn refresh_retained(&self) {
+        for (stage, bytes) in retained_all() {
+            self.retained.get_or_create(&stage_label(stage)).set(bytes);
+        }
+    }
+
+    /// Sets the age of the oldest pending id, in seconds.
+    pub fn set_queue_lag(&self, seconds: f64) {
+        self.queue_lag.set(seconds);
+    }
+
+    /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]), `# EOF` included.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(8 * 1024);
+        if let Err(error) = encode(&mut text, &self.registry) {
+            // Writing into a String cannot fail; an encoder bug would at worst truncate.
+            tracing::warn!(%error, "Encoding the metrics failed.");
+        }
+        text
+    }
+}
+
+/// Reads the Prometheus/OpenMetrics text format into `name{labels}` → value, keys exactly as
+/// rendered (e.g. `migrate_tasks_total{outcome="indexed"}`, `migrate_in_flight`). Comment and
+/// blank lines are skipped, as are lines that do not parse; timestamps and exemplars after the
+/// value are ignored.
+#[must_use]
+pub fn parse_text(text: &str) -> HashMap<String, f64> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<(String, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let key_end = match (line.find('{'), line.find(char::is_whitespace)) {
+        (Some(brace), space) if space.is_none_or(|s| brace < s) => {
+            brace + labels_len(&line[brace..])?
+        }
+        (_, Some(space)) => space,
+        (_, None) => return None,
+    };
+    let (key, rest) = line.split_at(key_end);
+    let value = parse_value(rest.split_whitespace().next()?)?;
+    Some((key.to_owned(), value))
+}
+
+/// Length of the `{...}` at the start of `text`, skipping braces inside quoted values.
+fn labels_len(text: &str) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '}' if !in_quotes => return Some(i + 1),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn parse_value(text: &str) -> Option<f64> {
+    match text {
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => text.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::Level;
+
+    /// Every worker metric named in the architecture page, as exposed.
+    const DOCUMENTED: [&str; 10] = [
+        "migrate_tasks_total",
+        "migrate_stage_seconds",
+        "migrate_in_flight",
+        "migrate_bulk_docs",
+        "migrate_process_resident_memory_bytes",
+        "migrate_cgroup_memory_bytes",
+        "migrate_cgroup_memory_limit_bytes",
+        "migrate_stage_retained_bytes",
+        "migrate_queue_lag_seconds",
+        "migrate_memory_soft_limit_bytes",
+    ];
+
+    fn sample_names(text: &str) -> Vec<String> {
+        parse_text(text)
+            .keys()
+            .map(|k| k.split('{').next().unwrap_or(k).to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_documented_worker_metric_is_exposed_under_its_exact_name() {
+        let doc = include_str!("../../docs/architecture.md");
+        let section = doc.split("## Metric names").nth(1).unwrap();
+        let (_heading, body) = section.split_once('\n').unwrap();
+        let worker_part = body.split("Operator:").next().unwrap();
+        let documented: Vec<&str> = worker_part
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|name| name.split('{').next().unwrap())
+            .filter(|name| name.starts_with("migrate_"))
+            .collect();
+        assert_eq!(
+            documented, DOCUMENTED,
+            "the architecture page changed: update this test and the metrics"
+        );
+
+        let text = WorkerMetrics::new().encode();
+        let samples = sample_names(&text);
+        for name in DOCUMENTED.iter().chain(&["migrate_tasks_done"]) {
+            let exposed = samples.iter().any(|s| {
+                s == name
+                    || s.strip_prefix(name)
+                        .is_some_and(|r| ["_bucket", "_sum", "_count"].contains(&r))
+            });
+            assert!(exposed, "{name} is not exposed:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn recorded_values_come_back_through_the_parser() {
+        let m = WorkerMetrics::new();
+        m.task("indexed");
+        m.task("indexed");
+        m.task("dead");
+        m.observe_stage(Stage::Source, Duration::from_millis(3));
+        m.observe_stage(Stage::Source, Duration::from_secs(20));
+        m.set_in_flight(7);
+        m.observe_bulk(250);
+        m.set_queue_lag(1.5);
+        m.set_memory(&MemoryState {
+            rss: 1 << 20,
+            cgroup_current: Some(2 << 20),
+            usage: 2 << 20,
+            limit: Some(8 << 20),
+            soft: Some(6 << 20),
+            hard: Some(7 << 20),
+            level: Level::Ok,
+        });
+        let v = parse_text(&m.encode());
+        let get = |k: &str| *v.get(k).unwrap_or_else(|| panic!("{k} missing from {v:?}"));
+        assert_eq!(get(r#"migrate_tasks_total{outcome="indexed"}"#), 2.0);
+        assert_eq!(get(r#"migrate_tasks_total{outcome="dead"}"#), 1.0);
+        assert_eq!(get(r#"migrate_tasks_total{outcome="skipped"}"#), 0.0);
+        assert_eq!(get("migrate_tasks_done"), 3.0);
+        assert_eq!(m.tasks_done(), 3);
+        assert_eq!(get(r#"migrate_stage_seconds_count{stage="source"}"#), 2.0);
+        assert_eq!(
+            get(r#"migrate_stage_seconds_bucket{le="0.005",stage="source"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"migrate_stage_seconds_bucket{le="10.0",stage="source"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"migrate_stage_seconds_bucket{le="+Inf",stage="source"}"#),
+            2.0
+        );
+        assert_eq!(get(r#"migrate_stage_seconds_count{stage="sink"}"#), 0.0);
+        assert_eq!(get("migrate_in_flight"), 7.0);
+        assert_eq!(get("migrate_bulk_docs_sum"), 250.0);
+        assert_eq!(get("migrate_queue_lag_seconds"), 1.5);
+        assert_eq!(
+            get("migrate_process_resident_memory_bytes"),
+            f64::from(1 << 20)
+        );
+        assert_eq!(get("migrate_cgroup_memory_bytes"), f64::from(2 << 20));
+        assert_eq!(get("migrate_cgroup_memory_limit_bytes"), f64::from(8 << 20));
+        assert_eq!(get("migrate_memory_soft_limit_bytes"), f64::from(6 << 20));
+        assert!(v.contains_key(r#"migrate_stage_retained_bytes{stage="keywords"}"#));
+    }
+
+    #[test]
+    fn refreshing_memory_reads_this_process() {
+        let m = WorkerMetrics::new();
+        m.refresh_memory();
+        m.refresh_retained();
+        let v = parse_text(&m.encode());
+        assert!(v["migrate_process_resident_memory_bytes"] > 0.0);
+    }
+
+    #[test]
+    fn the_parser_skips_comments_and_handles_quoted_braces_timestamps_and_specials() {
+        let text = "\
+# HELP x Something.
+# TYPE x gauge
+
+x 1
+y{a=\"b c\",d=\"}{\\\"\"} 2.5 1700000000
+z_bucket{le=\"+Inf\"} 3 # {trace_id=\"1\"} 0.5
+nan NaN
+neg -Inf
+broken{a=\"1\" 4
+novalue
+";
+        let v = parse_text(text);
+        assert_eq!(v.len(), 5, "{v:?}");
+        assert_eq!(v["x"], 1.0);
+        assert_eq!(v[r#"y{a="b c",d="}{\""}"#], 2.5);
+        assert_eq!(v[r#"z_bucket{le="+Inf"}"#], 3.0);
+        assert!(v["nan"].is_nan());
+        assert_eq!(v["neg"], f64::NEG_INFINITY);
+    }
+}
