@@ -1,0 +1,437 @@
+//! Pure builders of the objects a MigrateJob owns: worker pods, the pipeline ConfigMap and the
+//! PodDisruptionBudget. No client here: every field is tested without a server.
+//!
+//! Secrets never pass through the operator: the pod names them by `secretKeyRef` and the
+//! kubelet fills the environment, so no builder takes a secret value as input.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
+    Probe, ResourceFieldSelector, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use migrate_crds::pipeline::{PipelineError, to_yaml};
+use migrate_crds::{MigrateJob, SecretKeyRef};
+
+/// `app.kubernetes.io/name` of every worker pod.
+pub const APP_NAME: &str = "migrate-worker";
+/// Label naming the MigrateJob a pod belongs to.
+pub const JOB_LABEL: &str = "migrate-operator.io/job";
+/// Cluster autoscaler: may this pod be evicted to remove its node?
+pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
+/// Which pod a ReplicaSet-like scaler removes first (lower goes first).
+pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// Why the operator stopped a pod (a restart reason); written before the pod is deleted so the
+/// restart is counted once.
+pub const STOP_REASON: &str = "migrate-operator.io/stop-reason";
+/// The restart reason an ended pod was counted under (`finished` when it was no restart);
+/// written before the pod is deleted so the exit is counted once.
+pub const REAPED: &str = "migrate-operator.io/reaped";
+/// The spec generation a pod was built from.
+pub const GENERATION: &str = "migrate-operator.io/generation";
+
+/// Where the pipeline file is mounted.
+pub const PIPELINE_PATH: &str = "/etc/migrate/pipeline.yaml";
+/// The key of the pipeline in its ConfigMap.
+pub const PIPELINE_KEY: &str = "pipeline.yaml";
+/// Where the keyword ConfigMap is mounted.
+pub const KEYWORDS_DIR: &str = "/etc/migrate/keywords";
+/// The worker container's name.
+pub const CONTAINER: &str = "worker";
+/// The user (and group) workers run as: the distroless `nonroot` user.
+pub const RUN_AS_USER: i64 = 65_532;
+
+/// Why an object could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The job has no name, namespace or uid (it was not read from the API server).
+    #[error("MigrateJob has no {0}; it must come from the API server")]
+    Incomplete(&'static str),
+    /// The pipeline could not be written as YAML.
+    #[error("cannot render the pipeline of MigrateJob {job}")]
+    Pipeline {
+        /// The job.
+        job: String,
+        /// The serialiser's error.
+        #[source]
+        source: PipelineError,
+    },
+}
+
+/// The labels every worker pod of `job` carries.
+#[must_use]
+pub fn labels(job: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), job.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "migrate-operator".to_owned(),
+        ),
+        (JOB_LABEL.to_owned(), job.to_owned()),
+    ])
+}
+
+/// The label selector of `job`'s worker pods, in string form (the scale subresource's
+/// `status.selector`, and the LIST filter).
+#[must_use]
+pub fn selector(job: &str) -> String {
+    format!("app.kubernetes.io/name={APP_NAME},{JOB_LABEL}={job}")
+}
+
+/// The `generateName` of `job`'s worker pods; also the prefix that tells this job's worker ids
+/// apart in Redis.
+#[must_use]
+pub fn pod_prefix(job: &str) -> String {
+    // The API server appends 5 characters; keep pod names within a 63-character host name.
+    let base: String = job.chars().take(50).collect();
+    format!("{}-worker-", base.trim_end_matches('-'))
+}
+
+/// Name of the ConfigMap holding `job`'s pipeline.
+#[must_use]
+pub fn pipeline_config_map_name(job: &str) -> String {
+    format!("{job}-pipeline")
+}
+
+/// Name of `job`'s PodDisruptionBudget.
+#[must_use]
+pub fn pdb_name(job: &str) -> String {
+    format!("{job}-workers")
+}
+
+struct Identity<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    owner: OwnerReference,
+}
+
+fn identity(job: &MigrateJob) -> Result<Identity<'_>, BuildError> {
+    let name = job
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(BuildError::Incomplete("name"))?;
+    let namespace = job
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(BuildError::Incomplete("namespace"))?;
+    let owner = job
+        .controller_owner_ref(&())
+        .ok_or(BuildError::Incomplete("uid"))?;
+    Ok(Identity {
+        name,
+        namespace,
+        owner,
+    })
+}
+
+fn meta(id: &Identity<'_>, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(id.namespace.to_owned()),
+        labels: Some(labels(id.name)),
+        owner_references: Some(vec![id.owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The ConfigMap holding the pipeline file the workers read.
+///
+/// # Errors
+/// [`BuildError`] when the job is incomplete or its spec cannot be rendered.
+pub fn pipeline_config_map(job: &MigrateJob) -> Result<ConfigMap, BuildError> {
+    let id = identity(job)?;
+    let yaml = to_yaml(&job.spec).map_err(|source| BuildError::Pipeline {
+        job: id.name.to_owned(),
+        source,
+    })?;
+    Ok(ConfigMap {
+        metadata: meta(&id, pipeline_config_map_name(id.name)),
+        data: Some(BTreeMap::from([(PIPELINE_KEY.to_owned(), yaml)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The PodDisruptionBudget of the job's workers: at most one evicted at a time.
+///
+/// # Errors
+/// [`BuildError::Incomplete`] when the job did not come from the API server.
+pub fn pod_disruption_budget(job: &MigrateJob) -> Result<PodDisruptionBudget, BuildError> {
+    let id = identity(job)?;
+    let match_labels = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+        (JOB_LABEL.to_owned(), id.name.to_owned()),
+    ]);
+    Ok(PodDisruptionBudget {
+        metadata: meta(&id, pdb_name(id.name)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(match_labels),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// The cluster-autoscaler and deletion-cost annotations for a worker holding `in_flight` ids:
+/// a busy worker is not safe to evict and costs more to delete.
+#[must_use]
+pub fn busyness_annotations(in_flight: u64) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (SAFE_TO_EVICT.to_owned(), (in_flight == 0).to_string()),
+        (
+            DELETION_COST.to_owned(),
+            in_flight.min(i32::MAX as u64).to_string(),
+        ),
+    ])
+}
+
+fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn plain_env(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        value_from: None,
+    }
+}
+
+fn http_probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(i32::from(port)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// A worker pod of the job (named by the API server from [`pod_prefix`]).
+///
+/// # Errors
+/// [`BuildError::Incomplete`] when the job did not come from the API server.
+pub fn worker_pod(job: &MigrateJob) -> Result<Pod, BuildError> {
+    let id = identity(job)?;
+    let spec = &job.spec;
+    let workers = &spec.workers;
+    let port = workers.metrics_port;
+
+    let mut env = vec![
+        secret_env("MIGRATE_REDIS_URL", &spec.queue.url_secret_ref),
+        secret_env("MIGRATE_MYSQL_URL", &spec.source.url_secret_ref),
+        secret_env("MIGRATE_SEARCH_URL", &spec.sink.url_secret_ref),
+    ];
+    if let Some(user) = &spec.sink.username_secret_ref {
+        env.push(secret_env("MIGRATE_SEARCH_USERNAME", user));
+    }
+    if let Some(password) = &spec.sink.password_secret_ref {
+        env.push(secret_env("MIGRATE_SEARCH_PASSWORD", password));
+    }
+    env.push(EnvVar {
+        name: "MIGRATE_WORKER_ID".to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    });
+    env.push(plain_env("MIGRATE_LISTEN", format!("0.0.0.0:{port}")));
+    env.push(plain_env("MIGRATE_KEYWORDS_DIR", KEYWORDS_DIR.to_owned()));
+    let has_memory_limit = workers
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .is_some_and(|l| l.contains_key("memory"));
+    if has_memory_limit {
+        env.push(EnvVar {
+            name: "MIGRATE_MEMORY_LIMIT_BYTES".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                resource_field_ref: Some(ResourceFieldSelector {
+                    container_name: Some(CONTAINER.to_owned()),
+                    resource: "limits.memory".to_owned(),
+                    divisor: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
+    }
+
+    let mut volumes = vec![
+        Volume {
+            name: "pipeline".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: pipeline_config_map_name(id.name),
+                optional: Some(false),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("64Mi".to_owned())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "pipeline".to_owned(),
+            mount_path: PIPELINE_PATH.to_owned(),
+            sub_path: Some(PIPELINE_KEY.to_owned()),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        },
+    ];
+    if let Some(keywords) = &spec.keywords.config_map {
+        volumes.push(Volume {
+            name: "keywords".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: keywords.clone(),
+                optional: Some(false),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        // Mounted as a folder (no subPath) so that edits reach running workers.
+        mounts.push(VolumeMount {
+            name: "keywords".to_owned(),
+            mount_path: KEYWORDS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+
+    let container = Container {
+        name: CONTAINER.to_owned(),
+        image: Some(workers.image.clone()),
+        image_pull_policy: workers.image_pull_policy.clone(),
+        args: Some(vec![
+            "run".to_owned(),
+            "--pipeline".to_owned(),
+            PIPELINE_PATH.to_owned(),
+        ]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".to_owned()),
+            container_port: i32::from(port),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        resources: workers.resources.clone(),
+        readiness_probe: Some(http_probe("/readyz", port, 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", port, 10, 6)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    };
+
+    let mut annotations = busyness_annotations(0);
+    if let Some(generation) = job.metadata.generation {
+        annotations.insert(GENERATION.to_owned(), generation.to_string());
+    }
+    Ok(Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(pod_prefix(id.name)),
+            namespace: Some(id.namespace.to_owned()),
+            labels: Some(labels(id.name)),
+            annotations: Some(annotations),
+            owner_references: Some(vec![id.owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            // One pod, one process lifetime: the operator replaces exited pods itself.
+            restart_policy: Some("Never".to_owned()),
+            termination_grace_period_seconds: Some(workers.termination_grace_period_seconds),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS_USER),
+                run_as_group: Some(RUN_AS_USER),
+                fs_group: Some(RUN_AS_USER),
+                seccomp_profile: Some(runtime_default()),
+                ..PodSecurityContext::default()
+            }),
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        localhost_profile: None,
+    }
+}
+
+/// Whether `pod` belongs to `job` (owned by this very object, not an earlier one of the same
+/// name).
+#[must_use]
+pub fn owned_by(pod: &Pod, job: &MigrateJob) -> bool {
+    let uid = job.uid();
+    pod.owner_references().iter().any(|o| {
+        o.controller == Some(true)
+            && Some(&o.uid) == uid.as_ref()
+            && o.kind == MigrateJob::kind(&())
+    })
+}
+
+#[cfg(test)]
+#[path = "build_tests.rs"]
+mod tests;
