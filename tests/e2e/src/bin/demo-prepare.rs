@@ -1,0 +1,283 @@
+//! `demo-prepare`: makes the demo's data and job from scratch, on the testbed's services.
+//!
+//! Drops and recreates the database, the index and every Redis key of the demo queue, loads
+//! the articles, writes the keyword files, enqueues every id and writes the job file (a
+//! MigrateJob manifest with a test-only leak so the demo shows memory restarts) and an env file
+//! with the connection variables for `migrate-operator local`. Running it again starts over.
+//!
+//! ```text
+//! demo-prepare [--articles N] [--dir DIR] [--database NAME] [--queue KEY] [--index NAME]
+//!              [--workers N] [--memory-limit SIZE] [--leak-bytes N] [--leak-stage STAGE]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use migrate_crds::{MigrateJobSpec, Mode, TestOnlySpec};
+use migrate_e2e::datagen::{self, DataSetSpec};
+use migrate_e2e::env::{Service, TestEnv};
+use migrate_e2e::search;
+
+const USAGE: &str = "usage: demo-prepare [--articles N] [--dir DIR] [--database NAME] [--queue KEY] \
+[--index NAME] [--workers N] [--memory-limit SIZE] [--leak-bytes N] [--leak-stage STAGE]";
+
+/// What to prepare.
+#[derive(Debug, Clone)]
+struct Options {
+    articles: u64,
+    dir: PathBuf,
+    database: String,
+    queue: String,
+    index: String,
+    workers: i32,
+    memory_limit: String,
+    leak_bytes: u64,
+    leak_stage: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            articles: 20_000,
+            dir: PathBuf::from("migrate-demo"),
+            database: "migrate_demo".to_owned(),
+            queue: "migrate_demo".to_owned(),
+            index: "migrate_demo".to_owned(),
+            workers: 3,
+            memory_limit: "160Mi".to_owned(),
+            leak_bytes: 32 * 1024,
+            leak_stage: "enrich".to_owned(),
+        }
+    }
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut o = Options::default();
+    let mut args = args.into_iter();
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(USAGE.to_owned());
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number = |what: &str| {
+            value
+                .replace([',', '_'], "")
+                .parse::<u64>()
+                .map_err(|_| format!("{what} {value:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--articles" => o.articles = number("--articles")?,
+            "--dir" => o.dir = PathBuf::from(&value),
+            "--database" => o.database = value,
+            "--queue" => o.queue = value,
+            "--index" => o.index = value,
+            "--workers" => {
+                o.workers = i32::try_from(number("--workers")?)
+                    .map_err(|_| "--workers is too large".to_owned())?;
+            }
+            "--memory-limit" => o.memory_limit = value,
+            "--leak-bytes" => o.leak_bytes = number("--leak-bytes")?,
+            "--leak-stage" => o.leak_stage = value,
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    if o.articles == 0 || o.workers < 1 {
+        return Err("--articles and --workers must be at least 1".to_owned());
+    }
+    if !o.database.starts_with("migrate_") {
+        return Err(format!(
+            "--database {:?} must start with migrate_ (the testbed user may only create those)",
+            o.database
+        ));
+    }
+    Ok(o)
+}
+
+/// `spec` with `workers.resources.limits.memory` set (through the spec's JSON form: this crate
+/// has no Kubernetes types of its own).
+fn set_memory_limit(
+    spec: &MigrateJobSpec,
+    limit: &str,
+) -> Result<MigrateJobSpec, serde_json::Error> {
+    let mut value = serde_json::to_value(spec)?;
+    value["workers"]["resources"] = serde_json::json!({ "limits": { "memory": limit } });
+    serde_json::from_value(value)
+}
+
+/// Creates the index as a deployment's index template would: `keywords.<set>` holds one field
+/// per keyword hit, more than an index allows when mapped dynamically, so it is stored unmapped.
+async fn create_index(es_url: &str, index: &str) -> Result<(), String> {
+    let url = format!("{es_url}/{index}");
+    let body = serde_json::json!({ "mappings": { "properties": { "keywords": { "type": "object", "dynamic": false } } } });
+    let response = reqwest::Client::new()
+        .put(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("PUT {url} failed: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "PUT {url} answered {status}: {}",
+            response.text().await.unwrap_or_default()
+        ))
+    }
+}
+
+async fn reset_redis(redis_url: &str, queue: &str) -> Result<u64, redis::RedisError> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut keys: Vec<String> = vec![queue.to_owned()];
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{queue}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let mut deleted = 0;
+    for chunk in keys.chunks(500) {
+        deleted += redis::cmd("DEL")
+            .arg(chunk)
+            .query_async::<u64>(&mut conn)
+            .await?;
+    }
+    Ok(deleted)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+async fn prepare(o: &Options) -> Result<(), String> {
+    let started = Instant::now();
+    let env = TestEnv::load();
+    env.require(&[Service::Redis, Service::Mysql, Service::Es, Service::Nlp])
+        .await;
+    std::fs::create_dir_all(&o.dir)
+        .map_err(|e| format!("cannot create {}: {e}", o.dir.display()))?;
+    let dir = std::path::absolute(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
+
+    println!(
+        "demo-prepare: database {} (dropped and recreated)",
+        o.database
+    );
+    let db_url = datagen::create_database(&env.mysql_url, &o.database).await;
+    println!("demo-prepare: loading {} articles ...", o.articles);
+    let data = datagen::load(
+        &db_url,
+        &DataSetSpec {
+            articles: o.articles,
+            ..DataSetSpec::default()
+        },
+    )
+    .await;
+    let keywords_dir = dir.join("keywords");
+    datagen::write_keyword_files(&keywords_dir, &data);
+
+    search::delete_index(&env.es_url, &o.index).await;
+    create_index(&env.es_url, &o.index).await?;
+    let deleted = reset_redis(&env.redis_url, &o.queue).await.map_err(|e| {
+        format!(
+            "cannot reset the redis keys of {} at {}: {e}",
+            o.queue, env.redis_url
+        )
+    })?;
+    datagen::enqueue(&env.redis_url, &o.queue, &data.ids).await;
+
+    let mut spec = datagen::pipeline_spec(&o.queue, &o.index, &env.nlp_url);
+    spec.mode = Mode::Drain;
+    spec.workers.min_replicas = o.workers;
+    spec.workers.max_replicas = o.workers;
+    spec.workers.recycle_after_tasks = None;
+    // In local mode the keyword "ConfigMap" is a folder next to the job file.
+    spec.keywords.config_map = Some("keywords".to_owned());
+    spec.memory.min_worker_age_seconds = 5;
+    if o.leak_bytes > 0 {
+        spec.test_only = Some(TestOnlySpec {
+            leak_bytes_per_task: o.leak_bytes,
+            leak_stage: o.leak_stage.clone(),
+        });
+    }
+    let spec = set_memory_limit(&spec, &o.memory_limit)
+        .map_err(|e| format!("cannot set the memory limit: {e}"))?;
+    migrate_crds::validate::validate(&spec).map_err(|e| format!("the demo job is invalid: {e}"))?;
+    let body = migrate_crds::pipeline::to_yaml(&spec)
+        .map_err(|e| format!("cannot write the job as YAML: {e}"))?;
+    let indented: String = body.lines().map(|l| format!("  {l}\n")).collect();
+    let job = dir.join("job.yaml");
+    write(
+        &job,
+        &format!(
+            "# The demo job, written by demo-prepare. testOnly makes every task leak on purpose so that\n\
+             # memory restarts show; never set it in production.\n\
+             apiVersion: migrate-operator.io/v1alpha1\nkind: MigrateJob\nmetadata:\n  name: migrate-demo\nspec:\n{indented}"
+        ),
+    )?;
+    let env_file = dir.join("demo.env");
+    write(
+        &env_file,
+        &format!(
+            "export MIGRATE_REDIS_URL={}\nexport MIGRATE_MYSQL_URL={}\nexport MIGRATE_SEARCH_URL={}\n",
+            shell_quote(&env.redis_url),
+            shell_quote(&db_url),
+            shell_quote(&env.es_url)
+        ),
+    )?;
+
+    let blacklisted = u64::try_from(data.blacklisted_ids.len()).unwrap_or(0);
+    println!(
+        "demo-prepare: {} ids enqueued on {} ({deleted} old keys removed), index {} emptied",
+        data.ids.len(),
+        o.queue,
+        o.index
+    );
+    println!(
+        "demo-prepare: expect {} documents indexed and {blacklisted} filtered by the blacklist",
+        o.articles.saturating_sub(blacklisted)
+    );
+    println!("demo-prepare: job {}", job.display());
+    println!("demo-prepare: keywords {}", keywords_dir.display());
+    println!("demo-prepare: env {}", env_file.display());
+    println!(
+        "demo-prepare: ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match prepare(&options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("demo-prepare: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
