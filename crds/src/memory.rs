@@ -80,7 +80,9 @@ impl Threshold {
     pub fn resolve(self, limit_bytes: Option<u64>) -> Option<u64> {
         match self {
             Self::Bytes(b) => Some(b),
-            Self::Percent(p) => limit_bytes.map(|l| l / 100 * u64::from(p) + l % 100 * u64::from(p) / 100),
+            Self::Percent(p) => {
+                limit_bytes.map(|l| l / 100 * u64::from(p) + l % 100 * u64::from(p) / 100)
+            }
         }
     }
 }
@@ -126,7 +128,10 @@ mod tests {
     #[test]
     fn bad_thresholds_name_the_field_and_value() {
         let err = Threshold::parse("memory.hard", "0%").unwrap_err();
-        assert_eq!(err.to_string(), "memory.hard: \"0%\" must be between 1% and 100%");
+        assert_eq!(
+            err.to_string(),
+            "memory.hard: \"0%\" must be between 1% and 100%"
+        );
         let err = Threshold::parse("memory.soft", "lots").unwrap_err();
         assert!(err.to_string().contains("memory.soft: \"lots\""), "{err}");
         assert!(Threshold::parse("memory.soft", "101%").is_err());
@@ -138,7 +143,10 @@ mod tests {
     #[test]
     fn percent_resolves_against_the_limit() {
         assert_eq!(Threshold::Percent(80).resolve(Some(1000)), Some(800));
-        assert_eq!(Threshold::Percent(50).resolve(Some(u64::MAX)), Some(u64::MAX / 2));
+        assert_eq!(
+            Threshold::Percent(50).resolve(Some(u64::MAX)),
+            Some(u64::MAX / 2)
+        );
         assert_eq!(Threshold::Percent(80).resolve(None), None);
         assert_eq!(Threshold::Bytes(7).resolve(None), Some(7));
     }

@@ -42,7 +42,9 @@ pub enum PipelineError {
 /// # Errors
 /// [`PipelineError::Parse`] naming the field that failed.
 pub fn from_yaml(origin: &str, text: &str) -> Result<MigrateJobSpec, PipelineError> {
-    let looks_like_manifest = text.lines().any(|l| l.starts_with("kind:") || l.starts_with("spec:"));
+    let looks_like_manifest = text
+        .lines()
+        .any(|l| l.starts_with("kind:") || l.starts_with("spec:"));
     let parsed = if looks_like_manifest {
         serde_saphyr::from_str::<MigrateJob>(text).map(|job| job.spec)
     } else {
@@ -78,7 +80,10 @@ pub fn to_yaml(spec: &MigrateJobSpec) -> Result<String, PipelineError> {
 /// one NLP call, a counted keyword set and a blacklist. Used by examples and tests.
 #[must_use]
 pub fn example_spec() -> MigrateJobSpec {
-    let secret = |name: &str, key: &str| SecretKeyRef { name: name.to_owned(), key: key.to_owned() };
+    let secret = |name: &str, key: &str| SecretKeyRef {
+        name: name.to_owned(),
+        key: key.to_owned(),
+    };
     MigrateJobSpec {
         mode: Mode::Drain,
         replicas: None,
@@ -241,6 +246,9 @@ workers: {image: worker}
         let yaml = "queue: {urlSecretRef: {name: r, key: url}, key: q, maxAttempts: lots}\n";
         let err = from_yaml("bad.yaml", yaml).unwrap_err().to_string();
         assert!(err.contains("bad.yaml"), "{err}");
-        assert!(err.contains("lots") || err.contains("maxAttempts") || err.contains("invalid"), "{err}");
+        assert!(
+            err.contains("lots") || err.contains("maxAttempts") || err.contains("invalid"),
+            "{err}"
+        );
     }
 }

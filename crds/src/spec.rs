@@ -57,7 +57,11 @@ pub const VERSION: &str = "v1alpha1";
         json_path = ".status.restarts.total",
         description = "Worker restarts of every reason"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.replicas) || self.replicas <= 1000"
@@ -206,7 +210,10 @@ fn default_query_timeout() -> u32 {
 pub struct SourceQuery {
     /// Field of the document the result is stored under (ignored for the main query, whose
     /// columns become the document's top-level fields).
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
     pub name: String,
     /// SQL text with exactly one `?` placeholder for the id.
     #[schemars(length(min = 1, max = 8192))]
@@ -248,7 +255,10 @@ pub enum MissingRowPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct EnrichEndpoint {
     /// Name used in metrics, logs and dead-letter reasons.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// URL to POST to.
     #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
@@ -325,7 +335,10 @@ pub struct KeywordsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct KeywordSet {
     /// Name of the set; hits are stored under `keywords.<name>` in the document.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
     pub name: String,
     /// Key in the ConfigMap (file name in local mode) holding one keyword per line.
     #[schemars(length(min = 1, max = 253))]
@@ -556,12 +569,18 @@ pub struct MemorySpec {
     /// Above this a worker is drained gracefully and replaced (a replacement starts first
     /// while below `workers.maxReplicas`). Percent of the memory limit, or bytes.
     #[serde(default = "default_soft")]
-    #[schemars(length(min = 1, max = 24), regex(pattern = r"^[0-9]+(%|Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    #[schemars(
+        length(min = 1, max = 24),
+        regex(pattern = r"^[0-9]+(%|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+    )]
     pub soft: String,
     /// Above this a worker is stopped at once and its in-flight ids are requeued. Percent of the
     /// memory limit, or bytes.
     #[serde(default = "default_hard")]
-    #[schemars(length(min = 1, max = 24), regex(pattern = r"^[0-9]+(%|Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    #[schemars(
+        length(min = 1, max = 24),
+        regex(pattern = r"^[0-9]+(%|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+    )]
     pub hard: String,
     /// Milliseconds between two memory readings of each worker.
     #[serde(default = "default_check_interval")]

@@ -73,7 +73,10 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
 
     // Source queries.
     if spec.source.queries.is_empty() {
-        bad("source.queries".into(), "at least one query is needed".into());
+        bad(
+            "source.queries".into(),
+            "at least one query is needed".into(),
+        );
     }
     let mains = spec.source.queries.iter().filter(|q| q.main).count();
     if mains != 1 {
@@ -86,7 +89,10 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
     for (i, q) in spec.source.queries.iter().enumerate() {
         let at = format!("source.queries[{i}]");
         if !names.insert(q.name.as_str()) {
-            bad(format!("{at}.name"), format!("{:?} is used by two queries", q.name));
+            bad(
+                format!("{at}.name"),
+                format!("{:?} is used by two queries", q.name),
+            );
         }
         if q.sql.trim().is_empty() {
             bad(format!("{at}.sql"), "must not be empty".into());
@@ -95,15 +101,24 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
             if n != 1 {
                 bad(
                     format!("{at}.sql"),
-                    format!("{:?} must have exactly one `?` placeholder for the id, found {n}", q.sql),
+                    format!(
+                        "{:?} must have exactly one `?` placeholder for the id, found {n}",
+                        q.sql
+                    ),
                 );
             }
         }
         if q.main && q.shape != QueryShape::One {
-            bad(format!("{at}.shape"), "the main query must have shape One".into());
+            bad(
+                format!("{at}.shape"),
+                "the main query must have shape One".into(),
+            );
         }
         if q.pluck.is_some() && q.shape != QueryShape::Many {
-            bad(format!("{at}.pluck"), "pluck applies only to queries of shape Many".into());
+            bad(
+                format!("{at}.pluck"),
+                "pluck applies only to queries of shape Many".into(),
+            );
         }
     }
 
@@ -111,10 +126,16 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
     let mut names = HashSet::new();
     for (i, e) in spec.enrich.iter().enumerate() {
         if !names.insert(e.name.as_str()) {
-            bad(format!("enrich[{i}].name"), format!("{:?} is used by two endpoints", e.name));
+            bad(
+                format!("enrich[{i}].name"),
+                format!("{:?} is used by two endpoints", e.name),
+            );
         }
         if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
-            bad(format!("enrich[{i}].url"), format!("{:?} must start with http:// or https://", e.url));
+            bad(
+                format!("enrich[{i}].url"),
+                format!("{:?} must start with http:// or https://", e.url),
+            );
         }
         if let Some(p) = &e.response_pointer
             && !p.is_empty()
@@ -131,10 +152,16 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
     let mut names = HashSet::new();
     for (i, set) in spec.keywords.sets.iter().enumerate() {
         if !names.insert(set.name.as_str()) {
-            bad(format!("keywords.sets[{i}].name"), format!("{:?} is used by two sets", set.name));
+            bad(
+                format!("keywords.sets[{i}].name"),
+                format!("{:?} is used by two sets", set.name),
+            );
         }
         if set.fields.is_empty() {
-            bad(format!("keywords.sets[{i}].fields"), "at least one field is needed".into());
+            bad(
+                format!("keywords.sets[{i}].fields"),
+                "at least one field is needed".into(),
+            );
         }
     }
     if !spec.keywords.sets.is_empty() && spec.keywords.config_map.is_none() {
@@ -173,7 +200,11 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
         problems.extend(e.0);
     }
 
-    if problems.is_empty() { Ok(()) } else { Err(ValidationError(problems)) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError(problems))
+    }
 }
 
 /// Resolves the soft and hard memory thresholds against the container limit.
@@ -203,13 +234,20 @@ pub fn resolve_memory_with_limit(
             for e in [s.err(), h.err()].into_iter().flatten() {
                 let text = e.to_string();
                 let (field, message) = text.split_once(": ").unwrap_or(("memory", text.as_str()));
-                problems.push(Invalid { field: field.to_owned(), message: message.to_owned() });
+                problems.push(Invalid {
+                    field: field.to_owned(),
+                    message: message.to_owned(),
+                });
             }
             return Err(ValidationError(problems));
         }
     };
-    let percent_without_limit = |t: Threshold| matches!(t, Threshold::Percent(_)) && limit.is_none();
-    for (field, t, text) in [("memory.soft", soft, &spec.memory.soft), ("memory.hard", hard, &spec.memory.hard)] {
+    let percent_without_limit =
+        |t: Threshold| matches!(t, Threshold::Percent(_)) && limit.is_none();
+    for (field, t, text) in [
+        ("memory.soft", soft, &spec.memory.soft),
+        ("memory.hard", hard, &spec.memory.hard),
+    ] {
         if percent_without_limit(t) {
             problems.push(Invalid {
                 field: field.to_owned(),
@@ -244,7 +282,10 @@ pub fn resolve_memory_with_limit(
         });
     }
     if problems.is_empty() {
-        Ok(ResolvedMemory { soft_bytes, hard_bytes })
+        Ok(ResolvedMemory {
+            soft_bytes,
+            hard_bytes,
+        })
     } else {
         Err(ValidationError(problems))
     }
@@ -306,8 +347,14 @@ mod tests {
     #[test]
     fn placeholders_inside_strings_and_comments_do_not_count() {
         assert_eq!(count_placeholders("SELECT * FROM a WHERE id = ?"), 1);
-        assert_eq!(count_placeholders("SELECT '?' AS q, `a?` FROM a WHERE id = ? -- why?\n"), 1);
-        assert_eq!(count_placeholders("SELECT 'it\\'s ?' FROM a WHERE id = ? # x?"), 1);
+        assert_eq!(
+            count_placeholders("SELECT '?' AS q, `a?` FROM a WHERE id = ? -- why?\n"),
+            1
+        );
+        assert_eq!(
+            count_placeholders("SELECT 'it\\'s ?' FROM a WHERE id = ? # x?"),
+            1
+        );
         assert_eq!(count_placeholders("SELECT 1"), 0);
         assert_eq!(count_placeholders("SELECT ? + ?"), 2);
     }
@@ -321,14 +368,23 @@ mod tests {
         spec.source.queries[0].main = false;
         let found = problems(&spec);
         assert!(
-            found.contains(&"workers.minReplicas: 5 must be less than or equal to workers.maxReplicas (2)".to_owned()),
+            found.contains(
+                &"workers.minReplicas: 5 must be less than or equal to workers.maxReplicas (2)"
+                    .to_owned()
+            ),
             "{found:?}"
         );
         assert!(
-            found.iter().any(|p| p.starts_with("source.queries[1].sql: \"SELECT name FROM tags\"")),
+            found
+                .iter()
+                .any(|p| p.starts_with("source.queries[1].sql: \"SELECT name FROM tags\"")),
             "{found:?}"
         );
-        assert!(found.iter().any(|p| p.contains("exactly one query must have main: true, found 0")));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("exactly one query must have main: true, found 0"))
+        );
     }
 
     #[test]
@@ -337,7 +393,12 @@ mod tests {
         spec.memory.soft = "900Mi".into();
         spec.memory.hard = "50%".into(); // of the example's 1Gi limit = 512Mi
         let found = problems(&spec);
-        assert!(found.iter().any(|p| p.starts_with("memory.soft: \"900Mi\"")), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("memory.soft: \"900Mi\"")),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -346,12 +407,17 @@ mod tests {
         spec.workers.resources = None;
         let found = problems(&spec);
         assert!(
-            found.iter().any(|p| p.starts_with("memory.soft: \"80%\" is a percentage")),
+            found
+                .iter()
+                .any(|p| p.starts_with("memory.soft: \"80%\" is a percentage")),
             "{found:?}"
         );
         assert_eq!(
             resolve_memory_with_limit(&spec, Some(1000)),
-            Ok(ResolvedMemory { soft_bytes: Some(800), hard_bytes: Some(920) })
+            Ok(ResolvedMemory {
+                soft_bytes: Some(800),
+                hard_bytes: Some(920)
+            })
         );
     }
 
@@ -361,6 +427,9 @@ mod tests {
         spec.memory.soft = "512Mi".into();
         spec.memory.hard = "2Gi".into();
         let found = problems(&spec);
-        assert!(found.iter().any(|p| p.starts_with("memory.hard: \"2Gi\"")), "{found:?}");
+        assert!(
+            found.iter().any(|p| p.starts_with("memory.hard: \"2Gi\"")),
+            "{found:?}"
+        );
     }
 }

@@ -23,7 +23,10 @@ fn crd_snapshot_of_the_api_surface() {
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(crd.spec.names.kind, "MigrateJob");
     assert_eq!(crd.spec.names.plural, "migratejobs");
-    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["mj".to_owned()][..]));
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["mj".to_owned()][..])
+    );
     let version = &crd.spec.versions[0];
     assert_eq!(version.name, "v1alpha1");
     let sub = version.subresources.as_ref().expect("subresources");
@@ -31,7 +34,10 @@ fn crd_snapshot_of_the_api_surface() {
     let scale = sub.scale.as_ref().expect("scale subresource");
     assert_eq!(scale.spec_replicas_path, ".spec.replicas");
     assert_eq!(scale.status_replicas_path, ".status.replicas");
-    assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+    assert_eq!(
+        scale.label_selector_path.as_deref(),
+        Some(".status.selector")
+    );
     let columns: Vec<&str> = version
         .additional_printer_columns
         .as_ref()
@@ -39,7 +45,17 @@ fn crd_snapshot_of_the_api_surface() {
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Phase", "Workers", "Backlog", "Processed", "Restarts", "Age"]);
+    assert_eq!(
+        columns,
+        [
+            "Phase",
+            "Workers",
+            "Backlog",
+            "Processed",
+            "Restarts",
+            "Age"
+        ]
+    );
 
     let yaml = migrate_crds::crd_yaml().expect("the CRD serialises");
     for message in [
@@ -61,7 +77,10 @@ fn every_schema_field_is_documented() {
     let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema as JSON");
     let mut undocumented = Vec::new();
     walk(&schema["openAPIV3Schema"], "", &mut undocumented);
-    assert!(undocumented.is_empty(), "fields without a description: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "fields without a description: {undocumented:?}"
+    );
 }
 
 fn walk(node: &serde_json::Value, path: &str, undocumented: &mut Vec<String>) {

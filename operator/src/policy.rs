@@ -341,7 +341,9 @@ impl Settings {
             replicas_override: spec.replicas.map(non_negative),
             min_replicas: non_negative(w.min_replicas),
             max_replicas: non_negative(w.max_replicas),
-            target_backlog_per_worker: u64::try_from(w.target_backlog_per_worker).unwrap_or(1).max(1),
+            target_backlog_per_worker: u64::try_from(w.target_backlog_per_worker)
+                .unwrap_or(1)
+                .max(1),
             scale_down_window: Duration::from_secs(u64::from(w.scale_down_stabilization_seconds)),
             drain_settle: Duration::from_secs(u64::from(w.drain_settle_seconds)),
             soft: Threshold::parse("memory.soft", &m.soft)?,
@@ -409,7 +411,9 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
         if let WorkerState::Exited { status, asked } = &w.state {
             if status.code == Some(exit_code::CONFIG) {
                 state.config_error = true;
-                actions.push(Action::Report(Report::ConfigError { worker: w.name.clone() }));
+                actions.push(Action::Report(Report::ConfigError {
+                    worker: w.name.clone(),
+                }));
             }
             let reason = classify_exit(status, *asked);
             if reason == Some(RestartReason::OomKilled) {
@@ -418,7 +422,10 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
                     last_usage_bytes: w.memory.map(|m| m.usage_bytes),
                 }));
             }
-            actions.push(Action::Reap { worker: w.name.clone(), reason });
+            actions.push(Action::Reap {
+                worker: w.name.clone(),
+                reason,
+            });
         }
     }
     let live: Vec<&Worker> = obs
@@ -443,7 +450,11 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
     }
     if state.complete {
         actions.push(Action::Complete);
-        return Decision { actions, desired: 0, state };
+        return Decision {
+            actions,
+            desired: 0,
+            state,
+        };
     }
 
     // 3 and 4. Memory and recycling.
@@ -458,7 +469,9 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
         active += 1;
         let Some(reading) = w.memory else {
             if w.age > settings.stale_after {
-                actions.push(Action::Report(Report::MissingReading { worker: w.name.clone() }));
+                actions.push(Action::Report(Report::MissingReading {
+                    worker: w.name.clone(),
+                }));
             }
             if let Some(c) = recycle_candidate(settings, w) {
                 candidates.push(c);
@@ -466,7 +479,10 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
             continue;
         };
         if reading.age > settings.stale_after {
-            actions.push(Action::Report(Report::StaleReading { worker: w.name.clone(), age: reading.age }));
+            actions.push(Action::Report(Report::StaleReading {
+                worker: w.name.clone(),
+                age: reading.age,
+            }));
             continue;
         }
         let (soft, hard) = settings.limits_for(&reading);
@@ -482,7 +498,12 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
         if soft.is_some_and(|s| reading.usage_bytes >= s) {
             over_soft += 1;
             if w.age >= settings.min_age {
-                candidates.push((w, RestartReason::MemorySoft, Some(reading.usage_bytes), reading.usage_bytes));
+                candidates.push((
+                    w,
+                    RestartReason::MemorySoft,
+                    Some(reading.usage_bytes),
+                    reading.usage_bytes,
+                ));
             }
             continue;
         }
@@ -496,7 +517,10 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
     // Memory first (highest usage first), then recycling (most tasks first).
     candidates.sort_by(|a, b| {
         let rank = |r: RestartReason| u8::from(r != RestartReason::MemorySoft);
-        rank(a.1).cmp(&rank(b.1)).then(b.3.cmp(&a.3)).then(a.0.name.cmp(&b.0.name))
+        rank(a.1)
+            .cmp(&rank(b.1))
+            .then(b.3.cmp(&a.3))
+            .then(a.0.name.cmp(&b.0.name))
     });
     let restarting = live
         .iter()
@@ -517,7 +541,11 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
             continue;
         }
         budget -= 1;
-        actions.push(Action::Drain { worker: w.name.clone(), reason, memory_bytes });
+        actions.push(Action::Drain {
+            worker: w.name.clone(),
+            reason,
+            memory_bytes,
+        });
         removed.push(&w.name);
     }
     if !waiting.is_empty() {
@@ -526,28 +554,46 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
 
     // 5 and 6. Replacements and scale. Draining workers still hold their slot until they
     // exit, so a replacement starts first only while the pool is below its cap.
-    let killed = actions.iter().filter(|a| matches!(a, Action::Kill { .. })).count();
+    let killed = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Kill { .. }))
+        .count();
     let live_after = live.len() - killed;
     let active_after = active - removed.len();
-    let Some(backlog) = obs.backlog.or(settings.replicas_override.map(|_| Backlog::default())) else {
+    let Some(backlog) = obs
+        .backlog
+        .or(settings.replicas_override.map(|_| Backlog::default()))
+    else {
         actions.push(Action::Report(Report::BacklogUnknown));
         // Keep the pool as it is: replace what this round removed, within the cap.
         let cap = usize::try_from(settings.max_replicas).unwrap_or(usize::MAX);
         let start = removed.len().min(cap.saturating_sub(live_after));
         if start > 0 && !state.config_error {
-            actions.push(Action::Start { count: u32::try_from(start).unwrap_or(u32::MAX) });
+            actions.push(Action::Start {
+                count: u32::try_from(start).unwrap_or(u32::MAX),
+            });
         }
         let desired = u32::try_from(active).unwrap_or(u32::MAX);
-        return Decision { actions, desired, state };
+        return Decision {
+            actions,
+            desired,
+            state,
+        };
     };
-    let desired = if state.config_error { 0 } else { settings.desired_for(backlog) };
+    let desired = if state.config_error {
+        0
+    } else {
+        settings.desired_for(backlog)
+    };
     let desired_us = usize::try_from(desired).unwrap_or(usize::MAX);
     let cap = usize::try_from(settings.max_replicas.max(desired)).unwrap_or(usize::MAX);
     if desired_us > active_after {
         state.scale_down_since = None;
         let start = (desired_us - active_after).min(cap.saturating_sub(live_after));
         if start > 0 {
-            actions.push(Action::Start { count: u32::try_from(start).unwrap_or(u32::MAX) });
+            actions.push(Action::Start {
+                count: u32::try_from(start).unwrap_or(u32::MAX),
+            });
         }
     } else if desired_us < active_after {
         let immediate = settings.replicas_override.is_some();
@@ -581,7 +627,11 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
     } else {
         state.scale_down_since = None;
     }
-    Decision { actions, desired, state }
+    Decision {
+        actions,
+        desired,
+        state,
+    }
 }
 
 fn usage(w: &Worker) -> u64 {
@@ -593,7 +643,14 @@ fn recycle_candidate<'a>(
     w: &'a Worker,
 ) -> Option<(&'a Worker, RestartReason, Option<u64>, u64)> {
     let limit = settings.recycle_after_tasks?;
-    (w.tasks_done >= limit).then(|| (w, RestartReason::Recycled, w.memory.map(|m| m.usage_bytes), w.tasks_done))
+    (w.tasks_done >= limit).then(|| {
+        (
+            w,
+            RestartReason::Recycled,
+            w.memory.map(|m| m.usage_bytes),
+            w.tasks_done,
+        )
+    })
 }
 
 #[cfg(test)]

@@ -31,7 +31,11 @@ fn worker(name: &str) -> Worker {
         ready: true,
         in_flight: 0,
         tasks_done: 0,
-        memory: Some(MemoryReading { usage_bytes: 100, limit_bytes: Some(1000), age: S }),
+        memory: Some(MemoryReading {
+            usage_bytes: 100,
+            limit_bytes: Some(1000),
+            age: S,
+        }),
     }
 }
 
@@ -53,7 +57,14 @@ fn aged(mut w: Worker, age: Duration) -> Worker {
 }
 
 fn obs(workers: Vec<Worker>, queued: u64) -> Observations {
-    Observations { workers, backlog: Some(Backlog { queued, in_flight: 0 }), now: 1000 * S }
+    Observations {
+        workers,
+        backlog: Some(Backlog {
+            queued,
+            in_flight: 0,
+        }),
+        now: 1000 * S,
+    }
 }
 
 fn run(settings: &Settings, o: &Observations) -> Decision {
@@ -118,8 +129,19 @@ fn desired_workers_follow_the_backlog_within_bounds() {
         (0, None, Mode::Drain, 0),
     ];
     for (queued, replicas_override, mode, want) in cases {
-        let s = Settings { replicas_override, mode, ..settings() };
-        assert_eq!(s.desired_for(Backlog { queued, in_flight: 0 }), want, "backlog {queued}");
+        let s = Settings {
+            replicas_override,
+            mode,
+            ..settings()
+        };
+        assert_eq!(
+            s.desired_for(Backlog {
+                queued,
+                in_flight: 0
+            }),
+            want,
+            "backlog {queued}"
+        );
     }
 }
 
@@ -147,7 +169,11 @@ fn scale_down_waits_for_the_stabilization_window() {
     o.now += 30 * S;
     let last = decide(&s, &o, &mid.state);
     assert_eq!(drains(&last).len(), 2);
-    assert!(drains(&last).iter().all(|(_, r)| *r == RestartReason::ScaledDown));
+    assert!(
+        drains(&last)
+            .iter()
+            .all(|(_, r)| *r == RestartReason::ScaledDown)
+    );
     assert_eq!(last.state.scale_down_since, None);
 }
 
@@ -157,24 +183,56 @@ fn a_backlog_spike_inside_the_window_resets_it() {
     let mut o = obs(vec![worker("a"), worker("b")], 50);
     let first = decide(&s, &o, &PolicyState::default());
     o.now += 30 * S;
-    o.backlog = Some(Backlog { queued: 200, in_flight: 0 });
+    o.backlog = Some(Backlog {
+        queued: 200,
+        in_flight: 0,
+    });
     let spike = decide(&s, &o, &first.state);
     assert_eq!(spike.state.scale_down_since, None);
     o.now += 40 * S;
-    o.backlog = Some(Backlog { queued: 50, in_flight: 0 });
+    o.backlog = Some(Backlog {
+        queued: 50,
+        in_flight: 0,
+    });
     let after = decide(&s, &o, &spike.state);
-    assert!(drains(&after).is_empty(), "the window restarted at the spike");
+    assert!(
+        drains(&after).is_empty(),
+        "the window restarted at the spike"
+    );
 }
 
 #[test]
 fn scale_down_stops_idle_workers_before_busy_ones() {
-    let s = Settings { scale_down_window: Duration::ZERO, ..settings() };
+    let s = Settings {
+        scale_down_window: Duration::ZERO,
+        ..settings()
+    };
     let cases: [(Vec<Worker>, u64, Vec<&str>); 4] = [
-        (vec![busy(worker("a"), 5), worker("b"), busy(worker("c"), 1)], 1, vec!["b", "c"]),
-        (vec![busy(worker("a"), 5), busy(worker("b"), 2), worker("c")], 1, vec!["c", "b"]),
+        (
+            vec![busy(worker("a"), 5), worker("b"), busy(worker("c"), 1)],
+            1,
+            vec!["b", "c"],
+        ),
+        (
+            vec![busy(worker("a"), 5), busy(worker("b"), 2), worker("c")],
+            1,
+            vec!["c", "b"],
+        ),
         // Among idle workers, the one using most memory goes first.
-        (vec![using(worker("a"), 100), using(worker("b"), 500), worker("c")], 100, vec!["b", "a"]),
-        (vec![busy(worker("a"), 3), busy(worker("b"), 3)], 60, vec!["a"]),
+        (
+            vec![
+                using(worker("a"), 100),
+                using(worker("b"), 500),
+                worker("c"),
+            ],
+            100,
+            vec!["b", "a"],
+        ),
+        (
+            vec![busy(worker("a"), 3), busy(worker("b"), 3)],
+            60,
+            vec!["a"],
+        ),
     ];
     for (workers, queued, want) in cases {
         let d = run(&s, &obs(workers, queued));
@@ -184,11 +242,30 @@ fn scale_down_stops_idle_workers_before_busy_ones() {
 
 #[test]
 fn a_scale_override_wins_and_applies_at_once() {
-    let s = Settings { replicas_override: Some(2), ..settings() };
-    let d = run(&s, &obs(vec![worker("a"), worker("b"), worker("c"), worker("d")], 100_000));
+    let s = Settings {
+        replicas_override: Some(2),
+        ..settings()
+    };
+    let d = run(
+        &s,
+        &obs(
+            vec![worker("a"), worker("b"), worker("c"), worker("d")],
+            100_000,
+        ),
+    );
     assert_eq!(d.desired, 2);
-    assert_eq!(drains(&d).len(), 2, "no stabilization window for an explicit count");
-    let d = run(&Settings { replicas_override: Some(6), ..settings() }, &obs(vec![worker("a")], 0));
+    assert_eq!(
+        drains(&d).len(),
+        2,
+        "no stabilization window for an explicit count"
+    );
+    let d = run(
+        &Settings {
+            replicas_override: Some(6),
+            ..settings()
+        },
+        &obs(vec![worker("a")], 0),
+    );
     assert_eq!(d.desired, 6);
     assert_eq!(starts(&d), 5, "the override may exceed maxReplicas");
 }
@@ -196,16 +273,30 @@ fn a_scale_override_wins_and_applies_at_once() {
 #[test]
 fn over_the_soft_limit_a_replacement_starts_before_the_drain() {
     let d = run(&settings(), &obs(vec![using(worker("a"), 850)], 50));
-    assert_eq!(drains(&d), vec![("a".to_owned(), RestartReason::MemorySoft)]);
+    assert_eq!(
+        drains(&d),
+        vec![("a".to_owned(), RestartReason::MemorySoft)]
+    );
     assert_eq!(starts(&d), 1);
-    let start_at = d.actions.iter().position(|a| matches!(a, Action::Start { .. }));
-    let drain_at = d.actions.iter().position(|a| matches!(a, Action::Drain { .. }));
+    let start_at = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Start { .. }));
+    let drain_at = d
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Drain { .. }));
     assert!(drain_at.is_some() && start_at.is_some());
 }
 
 #[test]
 fn at_max_replicas_the_replacement_waits_for_the_drained_worker() {
-    let workers = vec![using(worker("a"), 850), worker("b"), worker("c"), worker("d")];
+    let workers = vec![
+        using(worker("a"), 850),
+        worker("b"),
+        worker("c"),
+        worker("d"),
+    ];
     let d = run(&settings(), &obs(workers, 100_000));
     assert_eq!(names(&drains(&d)), ["a"]);
     assert_eq!(starts(&d), 0, "4 workers alive, max is 4");
@@ -215,17 +306,70 @@ fn at_max_replicas_the_replacement_waits_for_the_drained_worker() {
 fn thresholds_apply_in_percent_and_in_bytes() {
     // (soft, hard, limit of the reading, usage, expected drain, expected kill)
     let cases = [
-        (Threshold::Percent(80), Threshold::Percent(92), Some(1000), 799, false, false),
-        (Threshold::Percent(80), Threshold::Percent(92), Some(1000), 800, true, false),
-        (Threshold::Percent(80), Threshold::Percent(92), Some(1000), 920, false, true),
-        (Threshold::Bytes(500), Threshold::Bytes(700), None, 499, false, false),
-        (Threshold::Bytes(500), Threshold::Bytes(700), None, 500, true, false),
-        (Threshold::Bytes(500), Threshold::Bytes(700), Some(10_000), 700, false, true),
+        (
+            Threshold::Percent(80),
+            Threshold::Percent(92),
+            Some(1000),
+            799,
+            false,
+            false,
+        ),
+        (
+            Threshold::Percent(80),
+            Threshold::Percent(92),
+            Some(1000),
+            800,
+            true,
+            false,
+        ),
+        (
+            Threshold::Percent(80),
+            Threshold::Percent(92),
+            Some(1000),
+            920,
+            false,
+            true,
+        ),
+        (
+            Threshold::Bytes(500),
+            Threshold::Bytes(700),
+            None,
+            499,
+            false,
+            false,
+        ),
+        (
+            Threshold::Bytes(500),
+            Threshold::Bytes(700),
+            None,
+            500,
+            true,
+            false,
+        ),
+        (
+            Threshold::Bytes(500),
+            Threshold::Bytes(700),
+            Some(10_000),
+            700,
+            false,
+            true,
+        ),
         // The reading's own limit wins over the spec's.
-        (Threshold::Percent(50), Threshold::Percent(90), Some(2000), 1500, true, false),
+        (
+            Threshold::Percent(50),
+            Threshold::Percent(90),
+            Some(2000),
+            1500,
+            true,
+            false,
+        ),
     ];
     for (soft, hard, limit, usage, drain, kill) in cases {
-        let s = Settings { soft, hard, ..settings() };
+        let s = Settings {
+            soft,
+            hard,
+            ..settings()
+        };
         let mut w = using(worker("a"), usage);
         if let Some(m) = w.memory.as_mut() {
             m.limit_bytes = limit;
@@ -238,7 +382,10 @@ fn thresholds_apply_in_percent_and_in_bytes() {
 
 #[test]
 fn percentages_without_any_limit_are_never_acted_on() {
-    let s = Settings { spec_limit_bytes: None, ..settings() };
+    let s = Settings {
+        spec_limit_bytes: None,
+        ..settings()
+    };
     let mut w = using(worker("a"), u64::MAX);
     if let Some(m) = w.memory.as_mut() {
         m.limit_bytes = None;
@@ -249,26 +396,49 @@ fn percentages_without_any_limit_are_never_acted_on() {
 
 #[test]
 fn over_the_hard_limit_the_worker_is_killed_at_once_whatever_its_age() {
-    let d = run(&settings(), &obs(vec![aged(using(worker("a"), 930), S)], 50));
+    let d = run(
+        &settings(),
+        &obs(vec![aged(using(worker("a"), 930), S)], 50),
+    );
     assert_eq!(kills(&d), vec![("a".to_owned(), RestartReason::MemoryHard)]);
     assert_eq!(starts(&d), 1, "the replacement starts at once");
 }
 
 #[test]
 fn young_workers_are_not_drained_for_the_soft_limit() {
-    let d = run(&settings(), &obs(vec![aged(using(worker("a"), 850), 5 * S)], 50));
+    let d = run(
+        &settings(),
+        &obs(vec![aged(using(worker("a"), 850), 5 * S)], 50),
+    );
     assert!(drains(&d).is_empty());
 }
 
 #[test]
 fn memory_restarts_respect_the_concurrency_limit() {
-    let workers = vec![using(worker("a"), 820), using(worker("b"), 880), using(worker("c"), 100)];
+    let workers = vec![
+        using(worker("a"), 820),
+        using(worker("b"), 880),
+        using(worker("c"), 100),
+    ];
     let d = run(&settings(), &obs(workers, 250));
-    assert_eq!(names(&drains(&d)), ["b"], "highest usage first, one at a time");
-    assert!(reports(&d).contains(&&Report::RestartsThrottled { waiting: vec!["a".to_owned()] }));
+    assert_eq!(
+        names(&drains(&d)),
+        ["b"],
+        "highest usage first, one at a time"
+    );
+    assert!(reports(&d).contains(&&Report::RestartsThrottled {
+        waiting: vec!["a".to_owned()]
+    }));
 
-    let two = Settings { max_concurrent_restarts: 2, ..settings() };
-    let workers = vec![using(worker("a"), 820), using(worker("b"), 880), using(worker("c"), 100)];
+    let two = Settings {
+        max_concurrent_restarts: 2,
+        ..settings()
+    };
+    let workers = vec![
+        using(worker("a"), 820),
+        using(worker("b"), 880),
+        using(worker("c"), 100),
+    ];
     assert_eq!(names(&drains(&run(&two, &obs(workers, 250)))), ["b", "a"]);
 }
 
@@ -276,14 +446,23 @@ fn memory_restarts_respect_the_concurrency_limit() {
 fn a_worker_already_draining_uses_the_restart_budget() {
     let mut draining = using(worker("a"), 850);
     draining.state = WorkerState::Draining(RestartReason::MemorySoft);
-    let d = run(&settings(), &obs(vec![draining, using(worker("b"), 850)], 150));
+    let d = run(
+        &settings(),
+        &obs(vec![draining, using(worker("b"), 850)], 150),
+    );
     assert!(drains(&d).is_empty());
-    assert!(reports(&d).contains(&&Report::RestartsThrottled { waiting: vec!["b".to_owned()] }));
+    assert!(reports(&d).contains(&&Report::RestartsThrottled {
+        waiting: vec!["b".to_owned()]
+    }));
 }
 
 #[test]
 fn every_worker_over_the_line_is_reported_not_restarted_at_once() {
-    let workers = vec![using(worker("a"), 850), using(worker("b"), 860), using(worker("c"), 870)];
+    let workers = vec![
+        using(worker("a"), 850),
+        using(worker("b"), 860),
+        using(worker("c"), 870),
+    ];
     let d = run(&settings(), &obs(workers, 300));
     assert!(reports(&d).contains(&&Report::AllOverSoftLimit { workers: 3 }));
     assert_eq!(drains(&d).len(), 1, "no restart storm");
@@ -302,14 +481,27 @@ fn stale_and_missing_readings_are_reported_and_never_acted_on() {
     let d = run(&settings(), &obs(vec![stale, missing, fresh_start], 250));
     assert!(kills(&d).is_empty() && drains(&d).is_empty());
     let r = reports(&d);
-    assert!(r.contains(&&Report::StaleReading { worker: "a".to_owned(), age: 30 * S }));
-    assert!(r.contains(&&Report::MissingReading { worker: "b".to_owned() }));
-    assert!(!r.contains(&&Report::MissingReading { worker: "c".to_owned() }), "start-up grace");
+    assert!(r.contains(&&Report::StaleReading {
+        worker: "a".to_owned(),
+        age: 30 * S
+    }));
+    assert!(r.contains(&&Report::MissingReading {
+        worker: "b".to_owned()
+    }));
+    assert!(
+        !r.contains(&&Report::MissingReading {
+            worker: "c".to_owned()
+        }),
+        "start-up grace"
+    );
 }
 
 #[test]
 fn recycling_after_n_tasks_takes_the_memory_path() {
-    let s = Settings { recycle_after_tasks: Some(1000), ..settings() };
+    let s = Settings {
+        recycle_after_tasks: Some(1000),
+        ..settings()
+    };
     let mut w = worker("a");
     w.tasks_done = 1000;
     let mut fresh = worker("b");
@@ -321,31 +513,70 @@ fn recycling_after_n_tasks_takes_the_memory_path() {
 
 #[test]
 fn exited_workers_are_reaped_with_their_reason() {
-    let exited = |code: Option<i32>, signal: Option<i32>, oom: bool, asked: Option<RestartReason>| {
-        let mut w = worker("x");
-        w.state = WorkerState::Exited {
-            status: ExitStatus { code, signal, oom_killed: oom, evicted: false },
-            asked,
+    let exited =
+        |code: Option<i32>, signal: Option<i32>, oom: bool, asked: Option<RestartReason>| {
+            let mut w = worker("x");
+            w.state = WorkerState::Exited {
+                status: ExitStatus {
+                    code,
+                    signal,
+                    oom_killed: oom,
+                    evicted: false,
+                },
+                asked,
+            };
+            w
         };
-        w
-    };
     let cases = [
-        (exited(Some(10), None, false, None), Some(RestartReason::MemorySoft)),
-        (exited(Some(11), None, false, None), Some(RestartReason::MemoryHard)),
-        (exited(Some(12), None, false, None), Some(RestartReason::Recycled)),
-        (exited(None, Some(9), true, None), Some(RestartReason::OomKilled)),
-        (exited(Some(137), None, true, Some(RestartReason::MemorySoft)), Some(RestartReason::OomKilled)),
-        (exited(Some(0), None, false, Some(RestartReason::ScaledDown)), Some(RestartReason::ScaledDown)),
-        (exited(Some(0), None, false, Some(RestartReason::MemorySoft)), Some(RestartReason::MemorySoft)),
-        (exited(None, Some(9), false, Some(RestartReason::MemoryHard)), Some(RestartReason::MemoryHard)),
+        (
+            exited(Some(10), None, false, None),
+            Some(RestartReason::MemorySoft),
+        ),
+        (
+            exited(Some(11), None, false, None),
+            Some(RestartReason::MemoryHard),
+        ),
+        (
+            exited(Some(12), None, false, None),
+            Some(RestartReason::Recycled),
+        ),
+        (
+            exited(None, Some(9), true, None),
+            Some(RestartReason::OomKilled),
+        ),
+        (
+            exited(Some(137), None, true, Some(RestartReason::MemorySoft)),
+            Some(RestartReason::OomKilled),
+        ),
+        (
+            exited(Some(0), None, false, Some(RestartReason::ScaledDown)),
+            Some(RestartReason::ScaledDown),
+        ),
+        (
+            exited(Some(0), None, false, Some(RestartReason::MemorySoft)),
+            Some(RestartReason::MemorySoft),
+        ),
+        (
+            exited(None, Some(9), false, Some(RestartReason::MemoryHard)),
+            Some(RestartReason::MemoryHard),
+        ),
         (exited(Some(0), None, false, None), None),
-        (exited(None, Some(9), false, None), Some(RestartReason::Crashed)),
-        (exited(Some(101), None, false, None), Some(RestartReason::Crashed)),
+        (
+            exited(None, Some(9), false, None),
+            Some(RestartReason::Crashed),
+        ),
+        (
+            exited(Some(101), None, false, None),
+            Some(RestartReason::Crashed),
+        ),
     ];
     for (w, want) in cases {
         let d = run(&settings(), &obs(vec![w.clone()], 50));
         assert!(
-            d.actions.contains(&Action::Reap { worker: "x".to_owned(), reason: want }),
+            d.actions.contains(&Action::Reap {
+                worker: "x".to_owned(),
+                reason: want
+            }),
             "{:?} -> {:?}: {:?}",
             w.state,
             want,
@@ -358,25 +589,45 @@ fn exited_workers_are_reaped_with_their_reason() {
 #[test]
 fn an_oom_kill_is_reported_with_the_last_reading() {
     let mut w = using(worker("x"), 990);
-    w.state = WorkerState::Exited { status: ExitStatus { oom_killed: true, ..ExitStatus::default() }, asked: None };
+    w.state = WorkerState::Exited {
+        status: ExitStatus {
+            oom_killed: true,
+            ..ExitStatus::default()
+        },
+        asked: None,
+    };
     let d = run(&settings(), &obs(vec![w], 50));
-    assert!(reports(&d).contains(&&Report::OomKilled { worker: "x".to_owned(), last_usage_bytes: Some(990) }));
+    assert!(reports(&d).contains(&&Report::OomKilled {
+        worker: "x".to_owned(),
+        last_usage_bytes: Some(990)
+    }));
 }
 
 #[test]
 fn a_configuration_error_stops_new_starts() {
     let mut w = worker("x");
-    w.state = WorkerState::Exited { status: ExitStatus { code: Some(78), ..ExitStatus::default() }, asked: None };
+    w.state = WorkerState::Exited {
+        status: ExitStatus {
+            code: Some(78),
+            ..ExitStatus::default()
+        },
+        asked: None,
+    };
     let d = run(&settings(), &obs(vec![w], 5000));
     assert!(d.state.config_error);
     assert_eq!(starts(&d), 0);
     assert_eq!(d.desired, 0);
-    assert!(reports(&d).contains(&&Report::ConfigError { worker: "x".to_owned() }));
+    assert!(reports(&d).contains(&&Report::ConfigError {
+        worker: "x".to_owned()
+    }));
 }
 
 #[test]
 fn a_drain_job_completes_after_the_settle_period() {
-    let s = Settings { mode: Mode::Drain, ..settings() };
+    let s = Settings {
+        mode: Mode::Drain,
+        ..settings()
+    };
     let mut o = obs(vec![worker("a")], 0);
     let first = decide(&s, &o, &PolicyState::default());
     assert!(!first.actions.contains(&Action::Complete));
@@ -386,18 +637,31 @@ fn a_drain_job_completes_after_the_settle_period() {
     assert!(done.actions.contains(&Action::Complete));
     assert!(done.state.complete);
     // Once complete, always complete.
-    o.backlog = Some(Backlog { queued: 10, in_flight: 0 });
-    assert!(decide(&s, &o, &done.state).actions.contains(&Action::Complete));
+    o.backlog = Some(Backlog {
+        queued: 10,
+        in_flight: 0,
+    });
+    assert!(
+        decide(&s, &o, &done.state)
+            .actions
+            .contains(&Action::Complete)
+    );
 }
 
 #[test]
 fn in_flight_work_keeps_a_drain_job_open() {
-    let s = Settings { mode: Mode::Drain, ..settings() };
+    let s = Settings {
+        mode: Mode::Drain,
+        ..settings()
+    };
     let mut o = obs(vec![busy(worker("a"), 1)], 0);
     let first = decide(&s, &o, &PolicyState::default());
     assert_eq!(first.state.idle_since, None);
     o.workers = vec![worker("a")];
-    o.backlog = Some(Backlog { queued: 0, in_flight: 1 });
+    o.backlog = Some(Backlog {
+        queued: 0,
+        in_flight: 1,
+    });
     o.now += 60 * S;
     let second = decide(&s, &o, &first.state);
     assert!(!second.actions.contains(&Action::Complete));
@@ -407,7 +671,13 @@ fn in_flight_work_keeps_a_drain_job_open() {
 fn an_unknown_backlog_keeps_the_pool_as_it_is() {
     let mut o = obs(vec![worker("a"), worker("b")], 0);
     o.backlog = None;
-    let d = run(&Settings { scale_down_window: Duration::ZERO, ..settings() }, &o);
+    let d = run(
+        &Settings {
+            scale_down_window: Duration::ZERO,
+            ..settings()
+        },
+        &o,
+    );
     assert!(reports(&d).contains(&&Report::BacklogUnknown));
     assert!(drains(&d).is_empty());
     assert_eq!(starts(&d), 0);
@@ -419,7 +689,15 @@ fn restart_reasons_have_their_documented_names() {
     let names: Vec<&str> = RestartReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(
         names,
-        ["memory-soft", "memory-hard", "recycled", "oom-killed", "crashed", "evicted", "scaled-down"]
+        [
+            "memory-soft",
+            "memory-hard",
+            "recycled",
+            "oom-killed",
+            "crashed",
+            "evicted",
+            "scaled-down"
+        ]
     );
     for r in RestartReason::ALL {
         assert_eq!(RestartReason::from_name(r.as_str()), Some(r));

@@ -19,7 +19,13 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 5] = [Stage::Queue, Stage::Source, Stage::Enrich, Stage::Keywords, Stage::Sink];
+    pub const ALL: [Stage; 5] = [
+        Stage::Queue,
+        Stage::Source,
+        Stage::Enrich,
+        Stage::Keywords,
+        Stage::Sink,
+    ];
 
     /// The stage's lowercase name, as used in metric labels, logs and dead-letter entries.
     #[must_use]

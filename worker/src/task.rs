@@ -29,10 +29,17 @@ impl TaskId {
     /// [`BadTaskId`] when the entry is not a decimal unsigned integer.
     pub fn parse(raw: &str) -> Result<Self, BadTaskId> {
         let trimmed = raw.trim();
-        let ok = !trimmed.is_empty() && trimmed.len() <= 20 && trimmed.bytes().all(|b| b.is_ascii_digit());
+        let ok = !trimmed.is_empty()
+            && trimmed.len() <= 20
+            && trimmed.bytes().all(|b| b.is_ascii_digit());
         match trimmed.parse::<u64>() {
-            Ok(value) if ok => Ok(Self { raw: raw.to_owned(), value }),
-            _ => Err(BadTaskId { raw: raw.to_owned() }),
+            Ok(value) if ok => Ok(Self {
+                raw: raw.to_owned(),
+                value,
+            }),
+            _ => Err(BadTaskId {
+                raw: raw.to_owned(),
+            }),
         }
     }
 
