@@ -1,0 +1,1286 @@
+//! The driver: composes the stages into the running worker, in the order the data flows.
+//!
+//! ```text
+//! taker ──permit──► BLMOVE ──► task: parse id ─► source ─► enrich ─► keywords ─┐
+//!   (Semaphore of workers.concurrency;                                          │ bounded mpsc
+//!    a permit travels with its task                                             ▼ (batchDocs)
+//!    until the task is acknowledged)      ack / dead-letter / retry ◄── batcher: bulk send
+//! ```
+//!
+//! - **Taking.** One taker loop takes a permit first (plus any other free ones, up to
+//!   [`TAKE_BATCH`]), then as many ids as it holds permits: in one round trip when ids are
+//!   waiting, by a blocking pop when the queue is empty. So at most `workers.concurrency` ids
+//!   are held by this worker at any time, in Redis and in memory.
+//! - **Per task.** A bad id is dead-lettered at stage `queue`; a missing main row follows
+//!   `source.onMissingRow`; a transient MySQL error (connection lost, timeout) is waited out
+//!   with backoff and the same task tried again in-process, without consuming an attempt and
+//!   with `/readyz` false meanwhile; any other failure asks for a retry (a new delivery) or a
+//!   dead letter as the stage says. A document dropped by a black/whitelist is acknowledged as
+//!   filtered.
+//! - **Batching.** One batcher owns the bulk request. It sends when the batch is full (documents
+//!   or bytes), when `sink.flushIntervalMs` passed since its first document, or at once when
+//!   every task in flight is already in it (nothing else can arrive, so waiting only adds
+//!   latency). Up to [`BULKS_IN_FLIGHT`] requests are sent at once, so the index works on one
+//!   batch while the next fills. Each item's result then ends its task: indexed → ack with its
+//!   keyword counts, rejected → dead letter at stage `sink`, failed → retry; the acks of one
+//!   response go to Redis in one script call.
+//! - **Stopping.** SIGTERM, the recycle count, the soft memory level, or an empty queue in drain
+//!   mode stop the taking; tasks in flight finish, the last batch is sent and acknowledged, and
+//!   the process exits with the matching [`ExitReason`] within
+//!   `workers.terminationGracePeriodSeconds`. Past that, or at the hard memory level (at once),
+//!   unfinished ids stay in the processing list; on every exit but the hard one the worker
+//!   puts them back into the queue itself.
+//!
+//! Around the pipeline run the heartbeat, the keyword reloader, the memory watch, the readiness
+//! refresher, the backlog sampler and the HTTP server (`/metrics`, `/healthz`, `/readyz`).
+
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use migrate_crds::{MissingRowPolicy, Mode};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::WorkerConfig;
+use crate::enrich::{EnrichFailure, Enricher};
+use crate::exit::{ExitReason, write_termination_log};
+use crate::http::{HttpState, ReadyFlag};
+use crate::keywords::{Keywords, KeywordsHandle};
+use crate::memory::{
+    Level, MemoryLimits, MemoryWatch, enter_stage, in_stage, read_cgroup, read_rss,
+};
+use crate::metrics::WorkerMetrics;
+use crate::queue::{Backoff, Queue, Settled, Taken, sleep_or_cancel, too_many_deliveries};
+use crate::sink::{BulkBuilder, BulkRequest, ItemResult, Pushed, Sink};
+use crate::source::Source;
+use crate::stage::Stage;
+use crate::task::{DeadLetter, Document, Outcome, TaskId};
+
+/// Most ids taken in one round trip (when that many permits are free).
+const TAKE_BATCH: usize = 64;
+/// Bulk requests in flight at once (the index works on one while the next fills).
+const BULKS_IN_FLIGHT: usize = 2;
+/// How often the keyword files are checked for changes.
+const KEYWORDS_RELOAD_EVERY: Duration = Duration::from_secs(5);
+/// How often readiness is recomputed from the connection states.
+const READINESS_EVERY: Duration = Duration::from_millis(200);
+/// How often the backlog is read for the queue-lag gauge.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// Longest wait for Redis when putting leftovers back at exit.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs the worker until it drains, is told to stop, or must stop; returns why (the process
+/// exit code is [`ExitReason::code`]). The reason is also written to `/dev/termination-log`.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> ExitReason {
+    let (reason, detail) = match Worker::start(config, &shutdown).await {
+        Ok(Some(worker)) => worker.run(shutdown).await,
+        Ok(None) => (
+            ExitReason::Drained,
+            "stopped before Redis was reachable".to_owned(),
+        ),
+        Err((reason, detail)) => {
+            error!(reason = reason.as_str(), %detail, "Worker cannot start.");
+            (reason, detail)
+        }
+    };
+    info!(reason = reason.as_str(), code = reason.code(), %detail, "Worker exiting.");
+    write_termination_log(reason, &detail);
+    reason
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+///
+/// # Errors
+/// When the signal handlers cannot be installed.
+pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(
+            signal = name,
+            "Stop requested: finishing the tasks in flight."
+        );
+        token.cancel();
+    });
+    Ok(())
+}
+
+/// The flattened error chain: `outer: inner: innermost`.
+#[must_use]
+pub fn error_chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The recycle count of this process: `after` spread by up to `jitter_percent` either way.
+#[must_use]
+pub fn recycle_target(after: u64, jitter_percent: u32) -> u64 {
+    let jitter = f64::from(jitter_percent.min(100)) / 100.0;
+    let factor = if jitter > 0.0 {
+        1.0 + rand::random_range(-jitter..=jitter)
+    } else {
+        1.0
+    };
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let target = ((after as f64) * factor).round() as u64;
+    target.max(1)
+}
+
+/// Bytes deliberately leaked by the test-only knob, kept alive until the process exits.
+static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// TEST ONLY: leaks `bytes` attributed to `stage`, touching every page so RSS grows.
+fn leak(stage: Stage, bytes: u64) {
+    let Ok(len) = usize::try_from(bytes) else {
+        return;
+    };
+    let _stage = enter_stage(stage);
+    let mut block = vec![0u8; len];
+    for byte in block.iter_mut().step_by(4096) {
+        *byte = 1;
+    }
+    // Unbounded on purpose: this knob exists to make a worker grow until it is replaced.
+    LEAKED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(block);
+}
+
+/// Counts a task as in flight from the moment it is taken until it is finished (or given
+/// up), and holds its concurrency permit for as long.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, shared: &Arc<Shared>) -> Self {
+        let n = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        shared
+            .metrics
+            .set_in_flight(i64::try_from(n).unwrap_or(i64::MAX));
+        Self {
+            _permit: permit,
+            shared: Arc::clone(shared),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let n = self
+            .shared
+            .in_flight
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        self.shared
+            .metrics
+            .set_in_flight(i64::try_from(n).unwrap_or(i64::MAX));
+        self.shared.in_flight_changed.notify_one();
+    }
+}
+
+/// What every task and background loop shares.
+struct Shared {
+    worker_id: String,
+    mode: Mode,
+    drain_settle: Duration,
+    grace: Duration,
+    on_missing_row: MissingRowPolicy,
+    leak: Option<(Stage, u64)>,
+    recycle_at: Option<u64>,
+
+    queue: Queue,
+    source: Source,
+    enricher: Enricher,
+    keywords: KeywordsHandle,
+    sink: Sink,
+
+    metrics: Arc<WorkerMetrics>,
+    ready: Arc<ReadyFlag>,
+    mysql_ok: AtomicBool,
+
+    permits: Arc<Semaphore>,
+    in_flight: AtomicUsize,
+    in_flight_changed: Notify,
+    tasks_finished: AtomicU64,
+
+    /// Stop taking new ids (drain, recycle, memory soft, SIGTERM).
+    stop_taking: CancellationToken,
+    /// Stop everything now (grace period over, memory hard).
+    hard_stop: CancellationToken,
+    reason: Mutex<Option<(ExitReason, String)>>,
+}
+
+impl Shared {
+    /// Records why the worker stops (the first reason wins, except that the hard memory level
+    /// overrides everything) and stops the taking.
+    fn stop(&self, reason: ExitReason, detail: String) {
+        {
+            let mut current = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
+            if current.is_none() || reason == ExitReason::MemoryHard {
+                info!(reason = reason.as_str(), %detail, "Worker stopping.");
+                *current = Some((reason, detail));
+            }
+        }
+        self.stop_taking.cancel();
+        if reason == ExitReason::MemoryHard {
+            self.hard_stop.cancel();
+        }
+    }
+
+    fn reason(&self) -> Option<(ExitReason, String)> {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// A document on its way to the batcher, with what its acknowledgement needs.
+struct BatchItem {
+    raw: String,
+    id: TaskId,
+    doc: Document,
+    counts: Vec<(String, u64)>,
+    slot: Slot,
+}
+
+/// A document in the bulk request being filled.
+struct Pending {
+    raw: String,
+    id: TaskId,
+    counts: Vec<(String, u64)>,
+    slot: Slot,
+    pushed: Instant,
+}
+
+/// The running worker, between start-up and exit.
+struct Worker {
+    shared: Arc<Shared>,
+    memory: MemoryWatch,
+    /// Stops the background loops (the HTTP server runs from start-up on).
+    background: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+    keywords_spec: migrate_crds::KeywordsSpec,
+    keywords_dir: std::path::PathBuf,
+    batch_capacity: usize,
+}
+
+type StartError = (ExitReason, String);
+
+fn config_error(what: &str, error: &dyn StdError) -> StartError {
+    (
+        ExitReason::Config,
+        format!("{what}: {}", error_chain(error)),
+    )
+}
+
+impl Worker {
+    /// Builds every stage from the configuration and connects to Redis (waiting for it with
+    /// backoff). `Ok(None)` when shutdown came first.
+    async fn start(
+        config: WorkerConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Self>, StartError> {
+        let spec = &config.spec;
+        let leak = match &spec.test_only {
+            Some(t) if t.leak_bytes_per_task > 0 => {
+                let stage = Stage::from_name(&t.leak_stage).ok_or_else(|| {
+                    (
+                        ExitReason::Config,
+                        format!("testOnly.leakStage {:?} is not a stage name", t.leak_stage),
+                    )
+                })?;
+                warn!(
+                    bytes_per_task = t.leak_bytes_per_task,
+                    stage = stage.as_str(),
+                    "TEST ONLY: this worker leaks memory on purpose after every task (spec.testOnly). Never use this in production."
+                );
+                Some((stage, t.leak_bytes_per_task))
+            }
+            _ => None,
+        };
+        info!(
+            worker = %config.worker_id,
+            queue = %spec.queue.key,
+            index = %spec.sink.index,
+            concurrency = spec.workers.concurrency,
+            mode = ?spec.mode,
+            "Worker starting."
+        );
+
+        let limits = MemoryLimits::resolve(
+            spec,
+            config.memory_limit_bytes,
+            read_cgroup().and_then(|c| c.max),
+        )
+        .map_err(|e| config_error("memory limits", &e))?;
+        info!(limit = ?limits.limit, source = ?limits.source, soft = ?limits.soft, hard = ?limits.hard, "Memory thresholds.");
+        let memory = MemoryWatch::new(
+            limits,
+            Duration::from_millis(u64::from(spec.memory.check_interval_ms)),
+        );
+
+        let source =
+            Source::new(&spec.source, &config.mysql_url).map_err(|e| config_error("source", &e))?;
+        let enricher = Enricher::new(&spec.enrich).map_err(|e| config_error("enrich", &e))?;
+        let keywords = Keywords::load(&spec.keywords, &config.keywords_dir)
+            .map_err(|e| config_error("keywords", &e))?;
+        let sink = Sink::new(
+            &spec.sink,
+            &config.search_url,
+            config.search_username.as_deref(),
+            config.search_password.as_deref(),
+        )
+        .map_err(|e| {
+            let reason = if e.is_config() {
+                ExitReason::Config
+            } else {
+                ExitReason::Fatal
+            };
+            (reason, format!("sink: {}", error_chain(&e)))
+        })?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| {
+                (
+                    ExitReason::Fatal,
+                    format!("cannot listen on {}: {e}", config.listen),
+                )
+            })?;
+
+        // The endpoints answer from here on (/healthz while Redis is still awaited).
+        let metrics = Arc::new(WorkerMetrics::new());
+        metrics.set_memory(&memory.sample());
+        let ready = Arc::new(ReadyFlag::new("connecting to redis"));
+        let background = CancellationToken::new();
+        let http_state = HttpState {
+            metrics: Arc::clone(&metrics),
+            ready: Arc::clone(&ready),
+        };
+        let http = tokio::spawn(crate::http::serve(listener, http_state, background.clone()));
+        let http = tokio::spawn(async move {
+            match http.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %error_chain(&e), "HTTP server stopped."),
+                Err(e) => error!(error = %e, "HTTP server task failed."),
+            }
+        });
+        let stop_http = |result| {
+            background.cancel();
+            result
+        };
+
+        let queue = match connect_queue(&config, shutdown).await {
+            Ok(Some(queue)) => queue,
+            other => return stop_http(other.map(|_| None)),
+        };
+        let mut backoff = Backoff::default();
+        loop {
+            match queue.recover_own().await {
+                Ok(0) => break,
+                Ok(n) => {
+                    info!(
+                        ids = n,
+                        "Put back the ids a previous run of this worker left in its processing list."
+                    );
+                    break;
+                }
+                Err(e) if e.is_transient() => {
+                    if sleep_or_cancel(backoff.next_delay(), shutdown).await {
+                        return stop_http(Ok(None));
+                    }
+                }
+                Err(e) => return stop_http(Err((ExitReason::Fatal, error_chain(&e)))),
+            }
+        }
+
+        let workers = &spec.workers;
+        let recycle_at = workers
+            .recycle_after_tasks
+            .map(|n| recycle_target(n, workers.recycle_jitter_percent));
+        if let Some(n) = recycle_at {
+            info!(
+                tasks = n,
+                "This worker recycles itself after this many tasks."
+            );
+        }
+        let concurrency = usize::try_from(workers.concurrency.max(1)).unwrap_or(1);
+        let grace = Duration::from_secs(
+            u64::try_from(workers.termination_grace_period_seconds.max(1)).unwrap_or(1),
+        );
+        let shared = Arc::new(Shared {
+            worker_id: config.worker_id.clone(),
+            mode: spec.mode,
+            drain_settle: Duration::from_secs(u64::from(workers.drain_settle_seconds)),
+            // Leave room to put unfinished ids back before a supervisor's SIGKILL.
+            grace: grace.saturating_sub(Duration::from_secs(2)).max(grace / 2),
+            on_missing_row: spec.source.on_missing_row,
+            leak,
+            recycle_at,
+            queue,
+            source,
+            enricher,
+            keywords: KeywordsHandle::new(keywords),
+            sink,
+            metrics,
+            ready,
+            mysql_ok: AtomicBool::new(true),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            in_flight: AtomicUsize::new(0),
+            in_flight_changed: Notify::new(),
+            tasks_finished: AtomicU64::new(0),
+            // Not a child of `shutdown`: every stop goes through `Shared::stop`, which records why.
+            stop_taking: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            reason: Mutex::new(None),
+        });
+        Ok(Some(Self {
+            shared,
+            memory,
+            background,
+            http,
+            keywords_spec: spec.keywords.clone(),
+            keywords_dir: config.keywords_dir.clone(),
+            batch_capacity: usize::try_from(spec.sink.batch_docs.max(1)).unwrap_or(1),
+        }))
+    }
+
+    /// Runs the pipeline and the background loops; returns the exit reason and a detail.
+    async fn run(self, shutdown: CancellationToken) -> (ExitReason, String) {
+        let Worker {
+            shared,
+            memory,
+            background,
+            http,
+            keywords_spec,
+            keywords_dir,
+            batch_capacity,
+        } = self;
+        let mut loops = JoinSet::new();
+        let reloader = shared.keywords.spawn_reloader(
+            keywords_spec,
+            keywords_dir,
+            KEYWORDS_RELOAD_EVERY,
+            background.clone(),
+        );
+        loops.spawn(watch_memory(
+            Arc::clone(&shared),
+            memory,
+            background.clone(),
+        ));
+        loops.spawn(heartbeat(Arc::clone(&shared), background.clone()));
+        loops.spawn(refresh_readiness(Arc::clone(&shared), background.clone()));
+        loops.spawn(sample_backlog(Arc::clone(&shared), background.clone()));
+        loops.spawn(grace_timer(Arc::clone(&shared), background.clone()));
+        {
+            let shared = Arc::clone(&shared);
+            let stop_taking = shared.stop_taking.clone();
+            loops.spawn(async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => shared.stop(ExitReason::Drained, "stop requested (SIGTERM or SIGINT)".to_owned()),
+                    () = stop_taking.cancelled() => {}
+                }
+            });
+        }
+
+        // The pipeline: taker → tasks → batcher, until everything taken is finished.
+        let pipeline = async {
+            let (batch_tx, batch_rx) = mpsc::channel(batch_capacity);
+            let mut batcher = JoinSet::new();
+            let builder = in_stage(Stage::Sink, async { shared.sink.builder() }).await;
+            let batcher_state = Batcher {
+                shared: Arc::clone(&shared),
+                builder,
+                pending: Vec::new(),
+                sending: JoinSet::new(),
+                sending_docs: 0,
+            };
+            batcher.spawn(batcher_state.run(batch_rx));
+            let mut tasks = JoinSet::new();
+            take_loop(&shared, &mut tasks, &batch_tx).await;
+            drop(batch_tx);
+            while let Some(joined) = tasks.join_next().await {
+                log_panic(joined);
+            }
+            while let Some(joined) = batcher.join_next().await {
+                log_panic(joined);
+            }
+        };
+        tokio::select! {
+            () = pipeline => {}
+            () = shared.hard_stop.cancelled() => {
+                let held = shared.in_flight();
+                warn!(in_flight = held, "Stopping without finishing the tasks in flight; their ids stay in the processing list.");
+            }
+        }
+
+        let (reason, detail) = shared.reason().unwrap_or((
+            ExitReason::Fatal,
+            "the taker stopped without a reason".to_owned(),
+        ));
+        if reason != ExitReason::MemoryHard {
+            match tokio::time::timeout(RELEASE_TIMEOUT, shared.queue.release_own()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => info!(ids = n, "Put unfinished ids back into the queue."),
+                Ok(Err(e)) => {
+                    warn!(error = %error_chain(&e), "Could not put unfinished ids back; a supervisor will.")
+                }
+                Err(_) => warn!("Timed out putting unfinished ids back; a supervisor will."),
+            }
+        }
+        // The HTTP server stops last, so /metrics showed the drain.
+        background.cancel();
+        if reason != ExitReason::MemoryHard {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while loops.join_next().await.is_some() {}
+                let _ = reloader.await;
+                let _ = http.await;
+            })
+            .await;
+        }
+        let done = shared.tasks_finished.load(Ordering::Relaxed);
+        (
+            reason,
+            format!("{detail}; {done} tasks finished by this process"),
+        )
+    }
+}
+
+/// Connects to Redis, waiting with backoff while it is unreachable. `Ok(None)` on shutdown.
+async fn connect_queue(
+    config: &WorkerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Queue>, StartError> {
+    let mut backoff = Backoff::default();
+    loop {
+        match Queue::connect(&config.redis_url, &config.spec.queue, &config.worker_id).await {
+            Ok(queue) => return Ok(Some(queue)),
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                if backoff.failures() == 1 || backoff.failures().is_multiple_of(10) {
+                    warn!(error = %error_chain(&e), delay_ms = delay.as_millis(), "Redis unreachable; waiting.");
+                }
+                if sleep_or_cancel(delay, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(config_error("queue", &e)),
+        }
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        error!(error = %e, "A task panicked; its id stays in the processing list.");
+    }
+}
+
+/// Takes ids while allowed: permits first (at least one, plus whatever else is free, up to
+/// [`TAKE_BATCH`]), then as many ids as permits, then a task for each id.
+async fn take_loop(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, batch: &mpsc::Sender<BatchItem>) {
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        while let Some(joined) = tasks.try_join_next() {
+            log_panic(joined);
+        }
+        let first = tokio::select! {
+            biased;
+            () = shared.stop_taking.cancelled() => return,
+            permit = Arc::clone(&shared.permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < TAKE_BATCH {
+            match Arc::clone(&shared.permits).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let taken = match in_stage(
+            Stage::Queue,
+            shared.queue.take_up_to(permits.len(), &shared.stop_taking),
+        )
+        .await
+        {
+            Ok(taken) => taken,
+            Err(e) => {
+                shared.stop(
+                    ExitReason::Fatal,
+                    format!("cannot take from the queue: {}", error_chain(&e)),
+                );
+                return;
+            }
+        };
+        if taken.is_empty() {
+            drop(permits);
+            if shared.mode == Mode::Drain && !shared.stop_taking.is_cancelled() {
+                if shared.in_flight() > 0 {
+                    idle_since = None;
+                } else if idle_since.get_or_insert_with(Instant::now).elapsed()
+                    >= shared.drain_settle
+                {
+                    shared.stop(
+                        ExitReason::Drained,
+                        "queue empty and nothing in flight (drain mode)".to_owned(),
+                    );
+                }
+            }
+            continue;
+        }
+        idle_since = None;
+        for (taken, permit) in taken.into_iter().zip(permits) {
+            let slot = Slot::new(permit, shared);
+            tasks.spawn(process(Arc::clone(shared), taken, slot, batch.clone()));
+        }
+    }
+}
+
+/// What reading the source gave.
+enum Fetched {
+    Doc(Document),
+    Done(Outcome),
+    /// Shutdown came while waiting for MySQL: the id stays in the processing list.
+    Abandoned,
+}
+
+/// One task from its id to the batcher (or to its end, when a stage finishes it early).
+async fn process(shared: Arc<Shared>, taken: Taken, slot: Slot, batch: mpsc::Sender<BatchItem>) {
+    let Taken { raw, attempts } = taken;
+    let max_attempts = shared.queue.max_attempts();
+    if attempts > u64::from(max_attempts) {
+        // Its earlier deliveries never finished: the workers holding it died or were stopped.
+        complete(
+            &shared,
+            &raw,
+            Outcome::Dead(too_many_deliveries(attempts, max_attempts)),
+            slot,
+        )
+        .await;
+        return;
+    }
+    let id = match TaskId::parse(&raw) {
+        Ok(id) => id,
+        Err(e) => {
+            let dead = DeadLetter {
+                stage: Stage::Queue,
+                reason: e.to_string(),
+            };
+            complete(&shared, &raw, Outcome::Dead(dead), slot).await;
+            return;
+        }
+    };
+
+    let started = Instant::now();
+    let mut doc = match fetch(&shared, &id).await {
+        Fetched::Doc(doc) => doc,
+        Fetched::Done(outcome) => {
+            shared
+                .metrics
+                .observe_stage(Stage::Source, started.elapsed());
+            complete(&shared, &raw, outcome, slot).await;
+            return;
+        }
+        Fetched::Abandoned => return,
+    };
+    shared
+        .metrics
+        .observe_stage(Stage::Source, started.elapsed());
+
+    let started = Instant::now();
+    let enriched = in_stage(Stage::Enrich, shared.enricher.enrich(&mut doc)).await;
+    shared
+        .metrics
+        .observe_stage(Stage::Enrich, started.elapsed());
+    if let Err(failure) = enriched {
+        let dead = DeadLetter {
+            stage: Stage::Enrich,
+            reason: failure.to_string(),
+        };
+        let outcome = match failure {
+            EnrichFailure::Retry { .. } => Outcome::Retry(dead),
+            EnrichFailure::DeadLetter { .. } => Outcome::Dead(dead),
+        };
+        complete(&shared, &raw, outcome, slot).await;
+        return;
+    }
+
+    let started = Instant::now();
+    let verdict = {
+        let _stage = enter_stage(Stage::Keywords);
+        shared.keywords.current().apply(&mut doc)
+    };
+    shared
+        .metrics
+        .observe_stage(Stage::Keywords, started.elapsed());
+    if let Some(set) = verdict.dropped_by {
+        drop(doc);
+        complete(&shared, &raw, Outcome::Filtered { set }, slot).await;
+        return;
+    }
+
+    let item = BatchItem {
+        raw,
+        id,
+        doc,
+        counts: verdict.counts,
+        slot,
+    };
+    if batch.send(item).await.is_err() {
+        // The batcher is gone (hard stop): the id stays in the processing list.
+        debug!("Batcher gone; task left for redelivery.");
+    }
+}
+
+/// Reads the document, waiting out transient MySQL failures without using up an attempt.
+async fn fetch(shared: &Shared, id: &TaskId) -> Fetched {
+    let mut backoff = Backoff::default();
+    loop {
+        match in_stage(Stage::Source, shared.source.fetch(id)).await {
+            Ok(Some(doc)) => {
+                shared.mysql_ok.store(true, Ordering::Relaxed);
+                return Fetched::Doc(doc);
+            }
+            Ok(None) => {
+                shared.mysql_ok.store(true, Ordering::Relaxed);
+                return Fetched::Done(match shared.on_missing_row {
+                    MissingRowPolicy::Skip => Outcome::Skipped,
+                    MissingRowPolicy::DeadLetter => Outcome::Dead(DeadLetter {
+                        stage: Stage::Source,
+                        reason: format!("the main query returned no row for task {}", id.value),
+                    }),
+                });
+            }
+            Err(e) if e.is_transient() => {
+                let first = backoff.failures() == 0;
+                shared.mysql_ok.store(false, Ordering::Relaxed);
+                let delay = backoff.next_delay();
+                if first {
+                    warn!(task_id = id.value, error = %error_chain(&e), "MySQL unavailable; the task waits and tries again.");
+                }
+                if sleep_or_cancel(delay, &shared.stop_taking).await {
+                    return Fetched::Abandoned;
+                }
+            }
+            Err(e) => {
+                return Fetched::Done(Outcome::Retry(DeadLetter {
+                    stage: Stage::Source,
+                    reason: error_chain(&e),
+                }));
+            }
+        }
+    }
+}
+
+/// Ends a task in Redis (retrying while Redis is unreachable, until the hard stop), counts it,
+/// and frees its slot.
+async fn complete(shared: &Shared, raw: &str, outcome: Outcome, slot: Slot) {
+    complete_many(shared, vec![(raw.to_owned(), outcome, slot)]).await;
+}
+
+/// Ends many tasks in Redis in few round trips (see [`Queue::settle_many`]), counts them and
+/// frees their slots.
+async fn complete_many(shared: &Shared, tasks: Vec<(String, Outcome, Slot)>) {
+    if tasks.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let mut backoff = Backoff::default();
+    let batch: Vec<(&str, &Outcome)> = tasks
+        .iter()
+        .map(|(raw, outcome, _)| (raw.as_str(), outcome))
+        .collect();
+    let settled = loop {
+        match in_stage(Stage::Queue, shared.queue.settle_many(&batch)).await {
+            Ok(settled) => break Some(settled),
+            Err(e) if e.is_transient() => {
+                if backoff.failures() == 0 {
+                    warn!(tasks = batch.len(), error = %error_chain(&e), "Cannot finish tasks in Redis; retrying.");
+                }
+                if sleep_or_cancel(backoff.next_delay(), &shared.hard_stop).await {
+                    break None;
+                }
+            }
+            Err(e) => {
+                error!(tasks = batch.len(), error = %error_chain(&e), "Cannot finish tasks in Redis; they stay in the processing list.");
+                break None;
+            }
+        }
+    };
+    drop(batch);
+    let elapsed = started.elapsed();
+    for (i, (raw, outcome, slot)) in tasks.into_iter().enumerate() {
+        shared.metrics.observe_stage(Stage::Queue, elapsed);
+        finished(
+            shared,
+            &raw,
+            &outcome,
+            settled.as_ref().and_then(|s| s.get(i).copied()),
+            slot,
+        );
+    }
+}
+
+/// Counts one ended task, applies the test-only leak, frees the slot, and recycles the worker
+/// when its count is reached.
+fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settled>, slot: Slot) {
+    let label = match (settled, outcome) {
+        (Some(Settled::Acked), Outcome::Indexed { .. }) => Some("indexed"),
+        (Some(Settled::Acked), Outcome::Filtered { .. }) => Some("filtered"),
+        (Some(Settled::Acked), _) => Some("skipped"),
+        (Some(Settled::Retried), _) => Some("retried"),
+        (Some(Settled::DeadLettered), _) => Some("dead"),
+        (Some(Settled::NotHeld), _) => {
+            debug!(
+                task = raw,
+                "Task no longer held by this worker (requeued elsewhere); nothing counted."
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    if let Some(label) = label {
+        shared.metrics.task(label);
+    }
+    if let (Some(Settled::DeadLettered), Outcome::Dead(dead) | Outcome::Retry(dead)) =
+        (settled, outcome)
+    {
+        warn!(task = raw, stage = dead.stage.as_str(), reason = %dead.reason, "Task dead-lettered.");
+    }
+    if let Some((stage, bytes)) = shared.leak {
+        leak(stage, bytes);
+    }
+    drop(slot);
+    let done = shared.tasks_finished.fetch_add(1, Ordering::AcqRel) + 1;
+    if let Some(target) = shared.recycle_at
+        && done >= target
+    {
+        shared.stop(ExitReason::Recycled, format!("recycled after {done} tasks"));
+    }
+}
+
+/// The outcome of one bulk item.
+fn item_outcome(result: ItemResult, counts: Vec<(String, u64)>) -> Outcome {
+    match result {
+        ItemResult::Indexed => Outcome::Indexed { counts },
+        ItemResult::Rejected { status, reason } => Outcome::Dead(DeadLetter {
+            stage: Stage::Sink,
+            reason: format!("index refused the document (HTTP {status}): {reason}"),
+        }),
+        ItemResult::Failed { reason } => Outcome::Retry(DeadLetter {
+            stage: Stage::Sink,
+            reason,
+        }),
+    }
+}
+
+/// The one batcher: fills the bulk request and hands it to a sender when it is full, old
+/// enough, or holds every task in flight that is not already being sent. Up to
+/// [`BULKS_IN_FLIGHT`] requests are sent at once, so the index works on one batch while the
+/// next one fills.
+struct Batcher {
+    shared: Arc<Shared>,
+    builder: BulkBuilder,
+    pending: Vec<Pending>,
+    /// Bulk requests being sent and acknowledged; each returns its document count.
+    sending: JoinSet<usize>,
+    /// Documents in those requests (their tasks are still in flight).
+    sending_docs: usize,
+}
+
+impl Batcher {
+    async fn run(mut self, mut rx: mpsc::Receiver<BatchItem>) {
+        let flush_interval = self.shared.sink.flush_interval();
+        let mut open = true;
+        loop {
+            let flush_at = self
+                .builder
+                .oldest_age()
+                .map(|age| tokio::time::Instant::now() + flush_interval.saturating_sub(age));
+            tokio::select! {
+                biased;
+                Some(joined) = self.sending.join_next(), if !self.sending.is_empty() => self.sent(joined),
+                item = rx.recv(), if open => match item {
+                    Some(item) => self.push(item).await,
+                    None => open = false,
+                },
+                () = self.shared.in_flight_changed.notified() => {}
+                () = sleep_until_opt(flush_at) => {}
+            }
+            let due = self
+                .builder
+                .oldest_age()
+                .is_some_and(|age| age >= flush_interval);
+            let nothing_else_coming =
+                self.pending.len() + self.sending_docs >= self.shared.in_flight() || !open;
+            if !self.pending.is_empty()
+                && (due || nothing_else_coming || self.builder.is_full())
+                && self.sending.len() < BULKS_IN_FLIGHT
+            {
+                self.dispatch();
+            }
+            if !open && self.pending.is_empty() && self.sending.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn sent(&mut self, joined: Result<usize, tokio::task::JoinError>) {
+        match joined {
+            Ok(docs) => self.sending_docs = self.sending_docs.saturating_sub(docs),
+            Err(e) => {
+                error!(error = %e, "A bulk sender failed; its tasks stay in the processing list.");
+                // Its slots were dropped with it; recount from what is still being sent.
+                self.sending_docs = self
+                    .shared
+                    .in_flight()
+                    .saturating_sub(self.pending.len())
+                    .min(self.sending_docs);
+            }
+        }
+    }
+
+    /// Adds one document to the batch; when the batch has no room, sends it first (waiting for
+    /// a sender when all are busy).
+    async fn push(&mut self, item: BatchItem) {
+        let BatchItem {
+            raw,
+            id,
+            doc,
+            counts,
+            slot,
+        } = item;
+        let mut pushed = {
+            let _stage = enter_stage(Stage::Sink);
+            self.builder.push(id.clone(), &doc)
+        };
+        if matches!(pushed, Ok(Pushed::Full)) {
+            while self.sending.len() >= BULKS_IN_FLIGHT {
+                if let Some(joined) = self.sending.join_next().await {
+                    self.sent(joined);
+                }
+            }
+            self.dispatch();
+            let _stage = enter_stage(Stage::Sink);
+            pushed = self.builder.push(id.clone(), &doc);
+        }
+        drop(doc);
+        let dead = |reason: String| {
+            Outcome::Dead(DeadLetter {
+                stage: Stage::Sink,
+                reason,
+            })
+        };
+        match pushed {
+            Ok(Pushed::Added) => self.pending.push(Pending {
+                raw,
+                id,
+                counts,
+                slot,
+                pushed: Instant::now(),
+            }),
+            // An empty batch refused it: it can never be sent.
+            Ok(Pushed::Full) => {
+                let reason = "the document does not fit in an empty bulk request".to_owned();
+                complete(&self.shared, &raw, dead(reason), slot).await;
+            }
+            Err(e) => complete(&self.shared, &raw, dead(error_chain(&e)), slot).await,
+        }
+    }
+
+    /// Hands the current batch to a sender.
+    fn dispatch(&mut self) {
+        let full = std::mem::replace(&mut self.builder, self.shared.sink.builder());
+        let items = std::mem::take(&mut self.pending);
+        if items.is_empty() {
+            return;
+        }
+        let docs = items.len();
+        self.sending_docs += docs;
+        let shared = Arc::clone(&self.shared);
+        self.sending.spawn(async move {
+            send(&shared, full.finish(), items).await;
+            docs
+        });
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one bulk request and ends every task in it by its item's result.
+async fn send(shared: &Shared, request: BulkRequest, items: Vec<Pending>) {
+    let (docs, bytes) = (request.len(), request.bytes());
+    shared.metrics.observe_bulk(docs);
+    let started = Instant::now();
+    let results = in_stage(Stage::Sink, shared.sink.send(request)).await;
+    debug!(
+        docs,
+        bytes,
+        elapsed_ms = started.elapsed().as_millis(),
+        "Bulk request sent."
+    );
+    let mut results = results.into_iter();
+    let ended: Vec<(String, Outcome, Slot)> = items
+        .into_iter()
+        .map(|p| {
+            let result = match results.next() {
+                Some((id, result)) if id == p.id => result,
+                other => {
+                    error!(task = %p.raw, got = ?other.map(|(id, _)| id), "Bulk results out of order; the task is retried.");
+                    ItemResult::Failed { reason: "bulk result missing for this document".to_owned() }
+                }
+            };
+            shared.metrics.observe_stage(Stage::Sink, p.pushed.elapsed());
+            (p.raw, item_outcome(result, p.counts), p.slot)
+        })
+        .collect();
+    complete_many(shared, ended).await;
+}
+
+/// Follows the memory readings: metrics, and the soft and hard levels.
+async fn watch_memory(shared: Arc<Shared>, memory: MemoryWatch, stop: CancellationToken) {
+    let mut states = memory.subscribe();
+    let sampler = tokio::spawn(memory.run(stop.clone()));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            changed = states.changed() => if changed.is_err() { break },
+        }
+        let state = *states.borrow_and_update();
+        shared.metrics.set_memory(&state);
+        match state.level {
+            Level::Ok => {}
+            Level::Soft => {
+                if !shared.stop_taking.is_cancelled() {
+                    shared.stop(
+                        ExitReason::MemorySoft,
+                        format!(
+                            "memory {} bytes at or above the soft threshold {:?}",
+                            state.usage, state.soft
+                        ),
+                    );
+                }
+            }
+            Level::Hard if shared.hard_stop.is_cancelled() => {}
+            Level::Hard => {
+                error!(usage = state.usage, hard = ?state.hard, "Memory above the hard threshold: stopping at once.");
+                shared.stop(
+                    ExitReason::MemoryHard,
+                    format!(
+                        "memory {} bytes at or above the hard threshold {:?}",
+                        state.usage, state.hard
+                    ),
+                );
+            }
+        }
+    }
+    let _ = sampler.await;
+}
+
+/// Writes the heartbeat every third of its TTL.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = Duration::from_secs(u64::from(shared.queue.heartbeat_ttl_seconds())) / 3;
+    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(500)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pid = std::process::id();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let rss = read_rss().unwrap_or(0);
+        let done = shared.tasks_finished.load(Ordering::Relaxed);
+        if let Err(e) = shared.queue.heartbeat(pid, rss, done).await {
+            debug!(error = %error_chain(&e), "Heartbeat not written.");
+        }
+    }
+}
+
+/// Keeps `/readyz` true only while Redis and MySQL answer and the worker takes work.
+async fn refresh_readiness(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(READINESS_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = String::from("starting");
+    loop {
+        let reason = if shared.stop_taking.is_cancelled() {
+            "draining"
+        } else if !shared.queue.is_connected() {
+            "redis unreachable"
+        } else if !shared.mysql_ok.load(Ordering::Relaxed) {
+            "mysql unreachable"
+        } else {
+            ""
+        };
+        if reason != last {
+            if reason.is_empty() {
+                shared.ready.set_ready();
+            } else {
+                shared.ready.set_not_ready(reason);
+            }
+            debug!(worker = %shared.worker_id, ready = reason.is_empty(), reason, "Readiness changed.");
+            reason.clone_into(&mut last);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+    }
+}
+
+/// Estimates the queue lag (time to work off the ids waiting at this worker's recent rate).
+async fn sample_backlog(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(BACKLOG_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_done = shared.tasks_finished.load(Ordering::Relaxed);
+    let mut last_at = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Ok(backlog) = shared.queue.backlog().await else {
+            continue;
+        };
+        let done = shared.tasks_finished.load(Ordering::Relaxed);
+        let elapsed = last_at.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let rate = (done.saturating_sub(last_done)) as f64 / elapsed.max(1e-3);
+        #[allow(clippy::cast_precision_loss)]
+        let lag = if backlog.queued == 0 {
+            0.0
+        } else if rate > 0.0 {
+            backlog.queued as f64 / rate
+        } else {
+            elapsed
+        };
+        shared.metrics.set_queue_lag(lag);
+        if rate > 0.0 || backlog.queued == 0 {
+            last_done = done;
+            last_at = Instant::now();
+        }
+    }
+}
+
+/// Once the taking stops, gives the tasks in flight the grace period, then stops everything.
+async fn grace_timer(shared: Arc<Shared>, stop: CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = shared.stop_taking.cancelled() => {}
+    }
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = shared.hard_stop.cancelled() => {}
+        () = tokio::time::sleep(shared.grace) => {
+            warn!(grace_seconds = shared.grace.as_secs(), in_flight = shared.in_flight(), "Grace period over.");
+            shared.hard_stop.cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycle_targets_stay_within_the_jitter() {
+        for _ in 0..200 {
+            let t = recycle_target(1_000, 10);
+            assert!((900..=1_100).contains(&t), "{t}");
+        }
+        assert_eq!(recycle_target(1_000, 0), 1_000);
+        assert_eq!(recycle_target(1, 50), 1);
+    }
+
+    #[test]
+    fn error_chains_are_flattened_without_repeats() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("inner cause"));
+        assert_eq!(error_chain(&e), "outer: inner cause");
+    }
+
+    #[test]
+    fn bulk_results_map_to_outcomes_naming_the_sink() {
+        let counts = vec![("topics:a".to_owned(), 2)];
+        assert_eq!(
+            item_outcome(ItemResult::Indexed, counts.clone()),
+            Outcome::Indexed {
+                counts: counts.clone()
+            }
+        );
+        let Outcome::Dead(dead) = item_outcome(
+            ItemResult::Rejected {
+                status: 400,
+                reason: "mapper_parsing_exception: failed".into(),
+            },
+            counts.clone(),
+        ) else {
+            panic!("a rejected item is dead-lettered")
+        };
+        assert_eq!(dead.stage, Stage::Sink);
+        assert!(
+            dead.reason.contains("400") && dead.reason.contains("mapper_parsing_exception"),
+            "{}",
+            dead.reason
+        );
+        let Outcome::Retry(retry) = item_outcome(
+            ItemResult::Failed {
+                reason: "503 after 5 tries".into(),
+            },
+            counts,
+        ) else {
+            panic!("a failed item is retried")
+        };
+        assert_eq!(retry.stage, Stage::Sink);
+    }
+
+    #[test]
+    fn the_test_only_leak_is_charged_to_its_stage_and_kept() {
+        let before = LEAKED.lock().unwrap().len();
+        leak(Stage::Enrich, 10_000);
+        let kept = LEAKED.lock().unwrap();
+        assert_eq!(kept.len(), before + 1);
+        assert_eq!(kept.last().unwrap().len(), 10_000);
+        assert!(
+            kept.last().unwrap().iter().step_by(4096).all(|b| *b == 1),
+            "every page touched"
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! `migrate-worker`: the worker binary. Parses flags, sets up logging and runs the driver.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use migrate_worker::config::{RunArgs, WorkerConfig, load_pipeline};
+use migrate_worker::driver;
+use migrate_worker::exit::{ExitReason, write_termination_log};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static ALLOC: migrate_worker::memory::CountingAlloc = migrate_worker::memory::CountingAlloc;
+
+/// Takes ids from a Redis list, builds each document from MySQL, enriches it over HTTP,
+/// matches keywords and bulk-indexes it into Elasticsearch/OpenSearch.
+#[derive(Debug, Parser)]
+#[command(name = "migrate-worker", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once at start-up: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline until drained or stopped (exit codes: 0 drained, 10 memory soft,
+    /// 11 memory hard, 12 recycled, 78 configuration error, 1 anything else).
+    Run(RunArgs),
+    /// Validate a pipeline file and print every problem.
+    Check {
+        /// The pipeline file: a MigrateJob manifest or its spec, as YAML.
+        #[arg(long, value_name = "FILE")]
+        pipeline: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("MIGRATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn check(pipeline: &std::path::Path) -> i32 {
+    match load_pipeline(pipeline) {
+        Ok(spec) => {
+            println!(
+                "{}: valid (queue {}, index {})",
+                pipeline.display(),
+                spec.queue.key,
+                spec.sink.index
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", pipeline.display());
+            for problem in e.problems() {
+                eprintln!("  - {problem}");
+            }
+            ExitReason::Config.code()
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let config = match WorkerConfig::from_args(args) {
+        Ok(config) => config,
+        Err(e) => {
+            let problems = e.problems();
+            eprintln!("configuration error: {e}");
+            if problems != [e.to_string()] {
+                for problem in &problems {
+                    eprintln!("  - {problem}");
+                }
+            }
+            tracing::error!(problems = ?problems, "Configuration error.");
+            write_termination_log(ExitReason::Config, &problems.join("; "));
+            return Ok(ExitReason::Config.code());
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let reason = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        driver::cancel_on_signals(shutdown.clone())
+            .context("cannot install the signal handlers")?;
+        anyhow::Ok(driver::run(config, shutdown).await)
+    })?;
+    // Tasks still running (after a hard stop) are not waited for.
+    runtime.shutdown_background();
+    Ok(reason.code())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let code = match cli.command {
+        Command::Check { pipeline } => Ok(check(&pipeline)),
+        Command::Run(args) => run(args),
+    };
+    let code = code.unwrap_or_else(|e| {
+        eprintln!("migrate-worker: {e:#}");
+        ExitReason::Fatal.code()
+    });
+    std::process::exit(code)
+}

@@ -1,0 +1,1891 @@
+//! Stage A: the Redis queue, taken reliably and acknowledged exactly once.
+//!
+//! Producers `LPUSH` ids into the list `{q}`. A worker moves one id at a time into its own
+//! processing list with `BLMOVE {q} {q}:processing:{worker} RIGHT LEFT`, so an id is always in
+//! exactly one list: waiting, or held by one worker. Everything that ends a task is one Lua
+//! script that first `LREM`s the id from the processing list and changes nothing else unless
+//! that removed it, so a task replayed after its worker died (or acknowledged twice) is counted
+//! once:
+//!
+//! | script | after the `LREM` |
+//! |---|---|
+//! | ack (one task, or many in one call) | `HINCRBY {q}:counts` per keyword, `HINCRBY {q}:stats <outcome>`, `HDEL {q}:attempts` |
+//! | dead-letter | `LPUSH {q}:dead <json>`, `HINCRBY {q}:stats dead`, `HDEL {q}:attempts` |
+//! | retry | `RPUSH {q}` (taken next) and `HINCRBY {q}:stats retried`, or dead-letter once the attempts are used up |
+//! | requeue | (of a whole worker) `RPUSH {q}` every id, `DEL` the list, `SREM {q}:workers` |
+//!
+//! Taking counts the delivery (`HINCRBY {q}:attempts`) and lists the worker in `{q}:workers`.
+//! When ids are waiting and several slots are free, [`Queue::take_up_to`] moves up to n of them
+//! with one script (`LMOVE` each, the same direction as `BLMOVE`), so a busy worker does not pay
+//! two round trips per id.
+//!
+//! The key layout is documented in `docs/architecture.md`; [`Keys`] is its only spelling in
+//! code.
+//!
+//! Connections: commands share one [`ConnectionManager`] (multiplexed, reconnects by itself);
+//! the blocking `BLMOVE` runs on a dedicated connection so it never delays an acknowledgement.
+//! Connection errors are retried with a capped, jittered [`Backoff`] and make
+//! [`Queue::is_connected`] false until the next success.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use migrate_crds::QueueSpec;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::{AsyncConnectionConfig, Client, RedisError, RetryMethod, Script};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::stage::Stage;
+use crate::task::{DeadLetter, Outcome};
+
+/// How long one `BLMOVE` blocks before it returns empty-handed (so an idle worker notices an
+/// empty queue about once a second, which drain mode needs).
+pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most acknowledgements applied by one script call (bounds how long Redis is busy with it).
+pub const ACK_CHUNK: usize = 64;
+
+/// Pause between two `CLIENT UNBLOCK`s while a cancelled pop has not answered yet.
+const UNBLOCK_RETRY: Duration = Duration::from_millis(20);
+
+/// Extra time the client waits for a reply beyond the server-side block timeout.
+const REPLY_MARGIN: Duration = Duration::from_secs(5);
+
+/// The Redis keys of one job and one worker, exactly as `docs/architecture.md` lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// `{q}`: the pending ids.
+    pub queue: String,
+    /// The worker these keys belong to.
+    pub worker: String,
+    /// `{q}:processing:{worker}`: ids this worker took and has not acknowledged.
+    pub processing: String,
+    /// `{q}:heartbeat:{worker}`: alive marker with a TTL.
+    pub heartbeat: String,
+    /// `{q}:workers`: every worker id that took work.
+    pub workers: String,
+    /// `{q}:attempts`: deliveries per id.
+    pub attempts: String,
+    /// `{q}:dead`: dead-letter entries (JSON, newest first).
+    pub dead: String,
+    /// `{q}:counts`: keyword hit counts.
+    pub counts: String,
+    /// `{q}:stats`: outcome totals.
+    pub stats: String,
+}
+
+impl Keys {
+    /// The keys of queue `queue_key` as seen by `worker`.
+    #[must_use]
+    pub fn new(queue_key: &str, worker: &str) -> Self {
+        Self {
+            queue: queue_key.to_owned(),
+            worker: worker.to_owned(),
+            processing: Self::processing_of(queue_key, worker),
+            heartbeat: Self::heartbeat_of(queue_key, worker),
+            workers: format!("{queue_key}:workers"),
+            attempts: format!("{queue_key}:attempts"),
+            dead: format!("{queue_key}:dead"),
+            counts: format!("{queue_key}:counts"),
+            stats: format!("{queue_key}:stats"),
+        }
+    }
+
+    /// `{q}:processing:{worker}`.
+    #[must_use]
+    pub fn processing_of(queue_key: &str, worker: &str) -> String {
+        format!("{queue_key}:processing:{worker}")
+    }
+
+    /// `{q}:heartbeat:{worker}`.
+    #[must_use]
+    pub fn heartbeat_of(queue_key: &str, worker: &str) -> String {
+        format!("{queue_key}:heartbeat:{worker}")
+    }
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The Redis URL could not be read (the URL in the message has its password removed).
+    #[error("invalid redis url {url}")]
+    Url {
+        /// The URL, password redacted.
+        url: String,
+        /// What the client said.
+        #[source]
+        source: RedisError,
+    },
+    /// No connection could be made.
+    #[error("cannot connect to redis at {url}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// What the client said.
+        #[source]
+        source: RedisError,
+    },
+    /// A command or script failed.
+    #[error("redis {command} on {key} failed")]
+    Command {
+        /// The command or script name.
+        command: &'static str,
+        /// The main key it worked on.
+        key: String,
+        /// What Redis or the client said.
+        #[source]
+        source: RedisError,
+    },
+    /// A value stored in Redis is not what this module writes there.
+    #[error("unexpected value in {key}")]
+    Decode {
+        /// The key read.
+        key: String,
+        /// Why it could not be read.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A heartbeat could not be encoded.
+    #[error("cannot encode the heartbeat of worker {worker}")]
+    Encode {
+        /// The worker.
+        worker: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl QueueError {
+    /// Whether waiting and trying again can help (connection lost, timeout, server loading).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            QueueError::Connect { .. } => true,
+            QueueError::Command { source, .. } => is_transient(source),
+            QueueError::Url { .. } | QueueError::Decode { .. } | QueueError::Encode { .. } => false,
+        }
+    }
+
+    /// A short stable name for logs and metric labels.
+    #[must_use]
+    pub const fn metric_label(&self) -> &'static str {
+        match self {
+            QueueError::Url { .. } => "url",
+            QueueError::Connect { .. } => "connect",
+            QueueError::Command { .. } => "command",
+            QueueError::Decode { .. } => "decode",
+            QueueError::Encode { .. } => "encode",
+        }
+    }
+}
+
+fn is_transient(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || !matches!(err.retry_method(), RetryMethod::NoRetry)
+}
+
+fn command_error<'k>(
+    command: &'static str,
+    key: &'k str,
+) -> impl FnOnce(RedisError) -> QueueError + 'k {
+    move |source| QueueError::Command {
+        command,
+        key: key.to_owned(),
+        source,
+    }
+}
+
+/// Removes the password (and user) from a URL for logs and errors: `redis://:secret@h:1/0`
+/// becomes `redis://***@h:1/0`.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Capped exponential backoff with full jitter: each wait is a random duration up to
+/// `min(cap, base * 2^n)`, never below `base / 2`. [`Backoff::reset`] after a success.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    failures: u32,
+}
+
+impl Default for Backoff {
+    /// 100 ms doubling up to 5 s.
+    fn default() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+impl Backoff {
+    /// A backoff starting at `base` and never waiting longer than `cap`.
+    #[must_use]
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            failures: 0,
+        }
+    }
+
+    /// The next wait; each call doubles the ceiling until the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 2u32.saturating_pow(self.failures.min(16));
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = self.base.saturating_mul(factor).min(self.cap);
+        let floor = (self.base / 2).min(ceiling);
+        let span = ceiling.saturating_sub(floor).as_millis();
+        let span = u64::try_from(span).unwrap_or(u64::MAX);
+        let jitter = if span == 0 {
+            0
+        } else {
+            rand::random_range(0..=span)
+        };
+        floor + Duration::from_millis(jitter)
+    }
+
+    /// Failures since the last reset.
+    #[must_use]
+    pub const fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Back to the first, shortest wait.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// One id taken from the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// The entry exactly as it was in the list (what acknowledging removes).
+    pub raw: String,
+    /// Deliveries of this id so far, this one included.
+    pub attempts: u64,
+}
+
+/// What finishing a task did in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The id was no longer in this worker's processing list (already finished, or requeued
+    /// by a supervisor): nothing was changed.
+    NotHeld,
+    /// Acknowledged; counts and stats applied.
+    Acked,
+    /// Put back at the head of the queue for another delivery.
+    Retried,
+    /// Moved to the dead-letter list.
+    DeadLettered,
+}
+
+impl Settled {
+    /// Whether the script changed anything.
+    #[must_use]
+    pub const fn applied(self) -> bool {
+        !matches!(self, Settled::NotHeld)
+    }
+}
+
+/// The value of a worker's heartbeat key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Process id.
+    pub pid: u32,
+    /// Resident set size in bytes.
+    pub rss: u64,
+    /// Tasks finished by this process.
+    pub tasks_done: u64,
+    /// When it was written (RFC 3339).
+    pub at: String,
+}
+
+/// One entry of the dead-letter list `{q}:dead`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadEntry {
+    /// The entry as it was in the queue.
+    pub id: String,
+    /// The stage that gave up (`queue`, `source`, `enrich`, `keywords`, `sink`).
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+    /// Deliveries of the id.
+    pub attempts: u64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The worker that dead-lettered it.
+    pub worker: String,
+}
+
+/// Ids waiting and ids held by workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Length of the queue list.
+    pub queued: u64,
+    /// Sum of the processing lists of every worker in `{q}:workers`.
+    pub in_flight: u64,
+}
+
+impl Backlog {
+    /// Queued plus in flight.
+    #[must_use]
+    pub const fn total(&self) -> u64 {
+        self.queued.saturating_add(self.in_flight)
+    }
+}
+
+/// A worker listed in `{q}:workers`, with its heartbeat when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerBeat {
+    /// The worker id.
+    pub worker: String,
+    /// The heartbeat value; `None` when the key expired (the worker is dead).
+    pub heartbeat: Option<Heartbeat>,
+}
+
+// KEYS: processing, counts, stats, attempts. ARGV: id, stats field, then keyword/count pairs.
+static ACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+for i = 3, #ARGV - 1, 2 do
+  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
+",
+    )
+});
+
+// The dead-letter step shared by the dead-letter and retry scripts. KEYS[1] processing,
+// KEYS[3] stats, KEYS[4] attempts, KEYS[5] dead; ARGV[1] id, ARGV[3..6] stage, reason, at, worker.
+const DEAD_LETTER_LUA: &str = r"
+local function dead_letter()
+  local attempts = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0') or 0
+  local entry = cjson.encode({id = ARGV[1], stage = ARGV[3], reason = ARGV[4],
+    attempts = attempts, at = ARGV[5], worker = ARGV[6]})
+  redis.call('LPUSH', KEYS[5], entry)
+  redis.call('HINCRBY', KEYS[3], 'dead', 1)
+  redis.call('HDEL', KEYS[4], ARGV[1])
+end
+";
+
+// KEYS: processing, queue, stats, attempts, dead. ARGV: id, unused, stage, reason, at, worker.
+static DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{DEAD_LETTER_LUA}
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+dead_letter()
+return 1
+"
+    ))
+});
+
+// KEYS: processing, queue, stats, attempts, dead. ARGV: id, max attempts, stage, reason, at,
+// worker. Returns 0 not held, 1 retried, 2 dead-lettered.
+static RETRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{DEAD_LETTER_LUA}
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local attempts = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0') or 0
+if attempts >= tonumber(ARGV[2]) then
+  dead_letter()
+  return 2
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'retried', 1)
+return 1
+"
+    ))
+});
+
+// KEYS: processing, counts, stats, attempts. ARGV: n, then per task: id, stats field, pair
+// count, keyword/count pairs. Returns one 0/1 per task: each task is the ACK script on its own.
+static ACK_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+local i = 2
+for t = 1, tonumber(ARGV[1]) do
+  local id, field, pairs = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  if redis.call('LREM', KEYS[1], 1, id) == 1 then
+    for j = i, i + 2 * pairs - 1, 2 do
+      redis.call('HINCRBY', KEYS[2], ARGV[j], ARGV[j + 1])
+    end
+    redis.call('HINCRBY', KEYS[3], field, 1)
+    redis.call('HDEL', KEYS[4], id)
+    out[t] = 1
+  else
+    out[t] = 0
+  end
+  i = i + 2 * pairs
+end
+return out
+",
+    )
+});
+
+// KEYS: queue, processing, attempts, workers. ARGV: most ids to take, worker. LMOVEs up to n
+// ids RIGHT -> LEFT (as BLMOVE does) and counts a delivery of each; returns id, attempts, ...
+static TAKE_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not id then break end
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HINCRBY', KEYS[3], id, 1)
+end
+if #out > 0 then redis.call('SADD', KEYS[4], ARGV[2]) end
+return out
+",
+    )
+});
+
+// KEYS: processing, queue, workers. ARGV: worker. The processing list has the newest id on
+// the left; RPUSHing from newest to oldest leaves the oldest at the right end, taken first.
+static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = 1, #ids do
+  redis.call('RPUSH', KEYS[2], ids[i])
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return #ids
+",
+    )
+});
+
+/// Moves every id of `worker`'s processing list back to the head of queue `queue_key` (taken
+/// next), deletes the list and removes the worker from `{q}:workers`. One script: running it
+/// twice, or for a worker that never existed, is harmless. Returns the ids moved.
+///
+/// Only call it for a worker that is dead or stopped: a live worker would later find its ids
+/// gone and leave their counting to whoever takes them next (still exactly once).
+///
+/// # Errors
+/// [`QueueError::Command`] when Redis fails.
+pub async fn requeue_worker<C>(
+    conn: &mut C,
+    queue_key: &str,
+    worker: &str,
+) -> Result<u64, QueueError>
+where
+    C: ConnectionLike + Send,
+{
+    let keys = Keys::new(queue_key, worker);
+    REQUEUE
+        .key(&keys.processing)
+        .key(&keys.queue)
+        .key(&keys.workers)
+        .arg(worker)
+        .invoke_async::<u64>(conn)
+        .await
+        .map_err(command_error("requeue", &keys.processing))
+}
+
+/// Ids waiting in `queue_key` and ids held in the processing lists of the workers in
+/// `{q}:workers`.
+///
+/// # Errors
+/// [`QueueError::Command`] when Redis fails.
+pub async fn backlog<C>(conn: &mut C, queue_key: &str) -> Result<Backlog, QueueError>
+where
+    C: ConnectionLike + Send,
+{
+    let keys = Keys::new(queue_key, "");
+    let workers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&keys.workers)
+        .query_async(conn)
+        .await
+        .map_err(command_error("SMEMBERS", &keys.workers))?;
+    let mut pipe = redis::pipe();
+    pipe.cmd("LLEN").arg(&keys.queue);
+    for worker in &workers {
+        pipe.cmd("LLEN").arg(Keys::processing_of(queue_key, worker));
+    }
+    let lengths: Vec<u64> = pipe
+        .query_async(conn)
+        .await
+        .map_err(command_error("LLEN", &keys.queue))?;
+    let queued = lengths.first().copied().unwrap_or(0);
+    let in_flight = lengths.iter().skip(1).copied().sum();
+    Ok(Backlog { queued, in_flight })
+}
+
+/// The newest `limit` entries of the dead-letter list `{q}:dead`.
+///
+/// # Errors
+/// [`QueueError::Command`] when Redis fails, [`QueueError::Decode`] when an entry is not JSON
+/// of the documented shape.
+pub async fn dead_letters<C>(
+    conn: &mut C,
+    queue_key: &str,
+    limit: usize,
+) -> Result<Vec<DeadEntry>, QueueError>
+where
+    C: ConnectionLike + Send,
+{
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let keys = Keys::new(queue_key, "");
+    let stop = i64::try_from(limit).unwrap_or(i64::MAX).saturating_sub(1);
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(&keys.dead)
+        .arg(0)
+        .arg(stop)
+        .query_async(conn)
+        .await
+        .map_err(command_error("LRANGE", &keys.dead))?;
+    raw.iter()
+        .map(|entry| {
+            serde_json::from_str(entry).map_err(|source| QueueError::Decode {
+                key: keys.dead.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Every worker in `{q}:workers` with its heartbeat (`None` once the heartbeat expired).
+///
+/// # Errors
+/// [`QueueError::Command`] when Redis fails. A heartbeat that is not valid JSON counts as
+/// present with zeroed fields, so one bad value never hides a live worker.
+pub async fn worker_beats<C>(conn: &mut C, queue_key: &str) -> Result<Vec<WorkerBeat>, QueueError>
+where
+    C: ConnectionLike + Send,
+{
+    let keys = Keys::new(queue_key, "");
+    let mut workers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&keys.workers)
+        .query_async(conn)
+        .await
+        .map_err(command_error("SMEMBERS", &keys.workers))?;
+    workers.sort();
+    if workers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let beat_keys: Vec<String> = workers
+        .iter()
+        .map(|w| Keys::heartbeat_of(queue_key, w))
+        .collect();
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&beat_keys)
+        .query_async(conn)
+        .await
+        .map_err(command_error("MGET", &keys.workers))?;
+    Ok(workers
+        .into_iter()
+        .zip(values)
+        .map(|(worker, value)| WorkerBeat {
+            worker,
+            heartbeat: value.map(|v| {
+                serde_json::from_str(&v).unwrap_or(Heartbeat {
+                    pid: 0,
+                    rss: 0,
+                    tasks_done: 0,
+                    at: String::new(),
+                })
+            }),
+        })
+        .collect())
+}
+
+/// The workers of `{q}:workers` whose heartbeat is present, with it.
+///
+/// # Errors
+/// [`QueueError::Command`] when Redis fails.
+pub async fn live_workers<C>(
+    conn: &mut C,
+    queue_key: &str,
+) -> Result<Vec<(String, Heartbeat)>, QueueError>
+where
+    C: ConnectionLike + Send,
+{
+    Ok(worker_beats(conn, queue_key)
+        .await?
+        .into_iter()
+        .filter_map(|w| w.heartbeat.map(|h| (w.worker, h)))
+        .collect())
+}
+
+/// The dedicated connection for `BLMOVE`, with its server-side client id (to unblock it).
+struct Blocking {
+    conn: MultiplexedConnection,
+    client_id: i64,
+}
+
+/// One worker's handle on the queue.
+pub struct Queue {
+    keys: Keys,
+    url: String,
+    client: Client,
+    manager: ConnectionManager,
+    blocking: Mutex<Option<Blocking>>,
+    connected: AtomicBool,
+    max_attempts: u32,
+    heartbeat_ttl: u32,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("keys", &self.keys)
+            .field("url", &self.url)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// Connects to Redis for queue `spec.key` as worker `worker_id` and checks the connection
+    /// with a `PING`.
+    ///
+    /// # Errors
+    /// [`QueueError::Url`] for a malformed URL, [`QueueError::Connect`] when Redis does not
+    /// answer (transient: try again later).
+    pub async fn connect(url: &str, spec: &QueueSpec, worker_id: &str) -> Result<Self, QueueError> {
+        let redacted = redact_url(url);
+        let client = Client::open(url).map_err(|source| QueueError::Url {
+            url: redacted.clone(),
+            source,
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(5));
+        let manager =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|source| {
+                QueueError::Connect {
+                    url: redacted.clone(),
+                    source,
+                }
+            })?;
+        let queue = Self {
+            keys: Keys::new(&spec.key, worker_id),
+            url: redacted,
+            client,
+            manager,
+            blocking: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            max_attempts: spec.max_attempts.max(1),
+            heartbeat_ttl: spec.heartbeat_ttl_seconds.max(1),
+        };
+        let mut conn = queue.manager.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|source| QueueError::Connect {
+                url: queue.url.clone(),
+                source,
+            })?;
+        queue.connected.store(true, Ordering::Relaxed);
+        Ok(queue)
+    }
+
+    /// The keys this handle works on.
+    #[must_use]
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Deliveries of one id before it is dead-lettered.
+    #[must_use]
+    pub const fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The heartbeat TTL in seconds (beat every third of it).
+    #[must_use]
+    pub const fn heartbeat_ttl_seconds(&self) -> u32 {
+        self.heartbeat_ttl
+    }
+
+    /// Whether the last Redis operation succeeded (false while reconnecting).
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn set_connected(&self, up: bool) {
+        let was = self.connected.swap(up, Ordering::Relaxed);
+        if was != up {
+            if up {
+                tracing::info!(url = %self.url, "Redis connection restored.");
+            } else {
+                warn!(url = %self.url, "Redis connection lost; retrying with backoff.");
+            }
+        }
+    }
+
+    /// A clone of the shared command connection (for supervisors' free functions and tests).
+    #[must_use]
+    pub fn connection(&self) -> ConnectionManager {
+        self.manager.clone()
+    }
+
+    fn note<T>(&self, result: Result<T, QueueError>) -> Result<T, QueueError> {
+        match &result {
+            Ok(_) => self.set_connected(true),
+            Err(e) if e.is_transient() => self.set_connected(false),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Requeues this worker's own processing list (a previous life's leftovers) and registers
+    /// the worker in `{q}:workers` again. Returns the ids requeued.
+    ///
+    /// # Errors
+    /// [`QueueError::Command`] when Redis fails.
+    pub async fn recover_own(&self) -> Result<u64, QueueError> {
+        let mut conn = self.manager.clone();
+        let result = async {
+            let moved = requeue_worker(&mut conn, &self.keys.queue, &self.keys.worker).await?;
+            self.register(&mut conn).await?;
+            Ok(moved)
+        }
+        .await;
+        self.note(result)
+    }
+
+    /// Requeues what is left in this worker's processing list before the process exits. Call
+    /// it only when no task of this process can still be acknowledged.
+    ///
+    /// # Errors
+    /// [`QueueError::Command`] when Redis fails (the ids then wait for a supervisor).
+    pub async fn release_own(&self) -> Result<u64, QueueError> {
+        let mut conn = self.manager.clone();
+        let result = async {
+            let moved = requeue_worker(&mut conn, &self.keys.queue, &self.keys.worker).await?;
+            redis::cmd("DEL")
+                .arg(&self.keys.heartbeat)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(command_error("DEL", &self.keys.heartbeat))?;
+            Ok(moved)
+        }
+        .await;
+        self.note(result)
+    }
+
+    async fn register(&self, conn: &mut ConnectionManager) -> Result<(), QueueError> {
+        redis::cmd("SADD")
+            .arg(&self.keys.workers)
+            .arg(&self.keys.worker)
+            .query_async::<()>(conn)
+            .await
+            .map_err(command_error("SADD", &self.keys.workers))
+    }
+
+    /// Takes the next id: blocks up to [`BLOCK_TIMEOUT`] for one, moving it atomically into
+    /// this worker's processing list, then counts the delivery. Returns `None` when the queue
+    /// stayed empty or `cancel` fired. Shutdown wins over the blocking pop: a pop interrupted
+    /// by `cancel` is unblocked on the server at once (`CLIENT UNBLOCK`), and an id it moved
+    /// just before is still returned, so it is processed instead of waiting in the processing
+    /// list.
+    ///
+    /// Connection errors are retried here with backoff (and make [`Queue::is_connected`]
+    /// false); an id already moved is never dropped.
+    ///
+    /// # Errors
+    /// Only errors that waiting cannot fix (e.g. the queue key holds a non-list).
+    pub async fn take(&self, cancel: &CancellationToken) -> Result<Option<Taken>, QueueError> {
+        let mut backoff = Backoff::default();
+        let raw = loop {
+            if cancel.is_cancelled() {
+                return Ok(None);
+            }
+            match self.pop(cancel).await {
+                Ok(Some(raw)) => break raw,
+                Ok(None) => return Ok(None),
+                Err(e) if e.is_transient() => {
+                    self.set_connected(false);
+                    let delay = backoff.next_delay();
+                    debug!(error = %e, delay_ms = delay.as_millis(), "Blocking pop failed; backing off.");
+                    if sleep_or_cancel(delay, cancel).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // The id is in our processing list now. Counting the delivery must not lose it: retry
+        // until it works or shutdown (then the id waits in the processing list).
+        backoff.reset();
+        loop {
+            match self.note(self.count_delivery(&raw).await) {
+                Ok(attempts) => return Ok(Some(Taken { raw, attempts })),
+                Err(e) if e.is_transient() => {
+                    let delay = backoff.next_delay();
+                    debug!(error = %e, delay_ms = delay.as_millis(), "Counting a delivery failed; backing off.");
+                    if sleep_or_cancel(delay, cancel).await {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes up to `max` ids: first without blocking, as many as are waiting (one script:
+    /// each id moved `RIGHT -> LEFT` into the processing list and its delivery counted); when
+    /// none is waiting, blocks for one as [`Queue::take`] does. Empty when the queue stayed
+    /// empty or `cancel` fired.
+    ///
+    /// # Errors
+    /// As [`Queue::take`].
+    pub async fn take_up_to(
+        &self,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Taken>, QueueError> {
+        if max > 1 {
+            let mut backoff = Backoff::default();
+            loop {
+                if cancel.is_cancelled() {
+                    return Ok(Vec::new());
+                }
+                match self.note(self.take_waiting(max).await) {
+                    Ok(taken) if !taken.is_empty() => return Ok(taken),
+                    Ok(_) => break,
+                    Err(e) if e.is_transient() => {
+                        let delay = backoff.next_delay();
+                        debug!(error = %e, delay_ms = delay.as_millis(), "Taking failed; backing off.");
+                        if sleep_or_cancel(delay, cancel).await {
+                            return Ok(Vec::new());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(self.take(cancel).await?.into_iter().collect())
+    }
+
+    async fn take_waiting(&self, max: usize) -> Result<Vec<Taken>, QueueError> {
+        let mut conn = self.manager.clone();
+        let flat: Vec<redis::Value> = TAKE_MANY
+            .key(&self.keys.queue)
+            .key(&self.keys.processing)
+            .key(&self.keys.attempts)
+            .key(&self.keys.workers)
+            .arg(max)
+            .arg(&self.keys.worker)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(command_error("take", &self.keys.queue))?;
+        let mut taken = Vec::with_capacity(flat.len() / 2);
+        let mut values = flat.into_iter();
+        let decode = |e: redis::ParsingError| command_error("take", &self.keys.queue)(e.into());
+        while let (Some(raw), Some(attempts)) = (values.next(), values.next()) {
+            let raw: String = redis::from_redis_value(raw).map_err(decode)?;
+            let attempts: u64 = redis::from_redis_value(attempts).map_err(decode)?;
+            taken.push(Taken { raw, attempts });
+        }
+        Ok(taken)
+    }
+
+    async fn pop(&self, cancel: &CancellationToken) -> Result<Option<String>, QueueError> {
+        let mut guard = self.blocking.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.connect_blocking().await?);
+        }
+        let Some(blocking) = guard.as_mut() else {
+            return Ok(None);
+        };
+        let mut cmd = redis::cmd("BLMOVE");
+        cmd.arg(&self.keys.queue)
+            .arg(&self.keys.processing)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(BLOCK_TIMEOUT.as_secs_f64());
+        let client_id = blocking.client_id;
+        let result = {
+            let pop = cmd.query_async::<Option<String>>(&mut blocking.conn);
+            tokio::pin!(pop);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    // Stop waiting now: unblock the pop on the server, then read its answer,
+                    // which is nil, or the id it moved just before (returned, so it is
+                    // processed rather than left in the processing list). The pop may not have
+                    // reached the server yet, so unblock until it answers.
+                    let deadline = tokio::time::Instant::now() + BLOCK_TIMEOUT + REPLY_MARGIN;
+                    loop {
+                        self.unblock(client_id).await;
+                        tokio::select! {
+                            r = &mut pop => break r,
+                            () = tokio::time::sleep(UNBLOCK_RETRY) => {}
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+                            break Err(RedisError::from(timeout));
+                        }
+                    }
+                }
+                r = &mut pop => r,
+            }
+        };
+        match result {
+            Ok(v) => {
+                self.set_connected(true);
+                Ok(v)
+            }
+            Err(source) => {
+                *guard = None;
+                Err(QueueError::Command {
+                    command: "BLMOVE",
+                    key: self.keys.queue.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Ends a blocked `BLMOVE` of ours on the server, so no id moves after shutdown began.
+    async fn unblock(&self, client_id: i64) {
+        let mut conn = self.manager.clone();
+        let mut unblock = redis::cmd("CLIENT");
+        unblock.arg("UNBLOCK").arg(client_id);
+        if let Err(e) = unblock.query_async::<i64>(&mut conn).await {
+            debug!(error = %e, "Could not unblock the pending pop.");
+        }
+    }
+
+    async fn connect_blocking(&self) -> Result<Blocking, QueueError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(BLOCK_TIMEOUT + REPLY_MARGIN));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|source| QueueError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        let client_id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| QueueError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        // Named so that `CLIENT LIST` shows which worker a blocked pop belongs to.
+        let name = format!("migrate-take:{}", self.keys.worker);
+        if let Err(e) = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&name)
+            .query_async::<()>(&mut conn)
+            .await
+        {
+            debug!(error = %e, "Could not name the blocking connection.");
+        }
+        Ok(Blocking { conn, client_id })
+    }
+
+    async fn count_delivery(&self, raw: &str) -> Result<u64, QueueError> {
+        let mut conn = self.manager.clone();
+        let (attempts,): (u64,) = redis::pipe()
+            .cmd("HINCRBY")
+            .arg(&self.keys.attempts)
+            .arg(raw)
+            .arg(1)
+            .cmd("SADD")
+            .arg(&self.keys.workers)
+            .arg(&self.keys.worker)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(command_error("HINCRBY", &self.keys.attempts))?;
+        Ok(attempts)
+    }
+
+    /// Ends a task: `Indexed`, `Filtered` and `Skipped` acknowledge it (applying its counts
+    /// and stats once), `Dead` dead-letters it, `Retry` puts it back at the head of the queue
+    /// or dead-letters it when its attempts are used up. Returns whether the id was still held
+    /// by this worker (false: nothing changed, e.g. on a second call).
+    ///
+    /// # Errors
+    /// [`QueueError::Command`] when Redis fails; the id then stays in the processing list, so
+    /// calling again later is safe.
+    pub async fn finish(&self, raw: &str, outcome: &Outcome) -> Result<bool, QueueError> {
+        self.settle(raw, outcome).await.map(Settled::applied)
+    }
+
+    /// Like [`Queue::finish`], telling what happened.
+    ///
+    /// # Errors
+    /// As [`Queue::finish`].
+    pub async fn settle(&self, raw: &str, outcome: &Outcome) -> Result<Settled, QueueError> {
+        let result = match outcome {
+            Outcome::Indexed { counts } => self.ack(raw, "indexed", counts).await,
+            Outcome::Filtered { .. } => self.ack(raw, "filtered", &[]).await,
+            Outcome::Skipped => self.ack(raw, "skipped", &[]).await,
+            Outcome::Dead(dead) => self.dead_letter(raw, dead).await,
+            Outcome::Retry(dead) => self.retry(raw, dead).await,
+        };
+        self.note(result)
+    }
+
+    /// Ends many tasks in few round trips: the acknowledgements go through one script per
+    /// [`ACK_CHUNK`] tasks (each applying its counts only if it removed its own id, exactly as
+    /// [`Queue::finish`] does); dead letters and retries go one by one. Results are in input
+    /// order.
+    ///
+    /// # Errors
+    /// As [`Queue::finish`]; on an error some tasks may be settled already (settling them
+    /// again changes nothing).
+    pub async fn settle_many(
+        &self,
+        tasks: &[(&str, &Outcome)],
+    ) -> Result<Vec<Settled>, QueueError> {
+        let mut settled = vec![Settled::NotHeld; tasks.len()];
+        let acks: Vec<usize> = (0..tasks.len())
+            .filter(|&i| {
+                matches!(
+                    tasks[i].1,
+                    Outcome::Indexed { .. } | Outcome::Filtered { .. } | Outcome::Skipped
+                )
+            })
+            .collect();
+        for chunk in acks.chunks(ACK_CHUNK) {
+            let mut conn = self.manager.clone();
+            let mut invocation = ACK_MANY.prepare_invoke();
+            invocation
+                .key(&self.keys.processing)
+                .key(&self.keys.counts)
+                .key(&self.keys.stats)
+                .key(&self.keys.attempts)
+                .arg(chunk.len());
+            for &i in chunk {
+                let (raw, outcome) = tasks[i];
+                let (field, counts): (&str, &[(String, u64)]) = match outcome {
+                    Outcome::Indexed { counts } => ("indexed", counts),
+                    Outcome::Filtered { .. } => ("filtered", &[]),
+                    _ => ("skipped", &[]),
+                };
+                let nonzero = counts.iter().filter(|(_, n)| *n > 0);
+                invocation.arg(raw).arg(field).arg(nonzero.clone().count());
+                for (keyword, hits) in nonzero {
+                    invocation.arg(keyword).arg(*hits);
+                }
+            }
+            let removed: Vec<i64> = self.note(
+                invocation
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(command_error("ack", &self.keys.processing)),
+            )?;
+            for (&i, r) in chunk.iter().zip(removed) {
+                settled[i] = if r == 1 {
+                    Settled::Acked
+                } else {
+                    Settled::NotHeld
+                };
+            }
+        }
+        let mut is_ack = vec![false; tasks.len()];
+        for &i in &acks {
+            is_ack[i] = true;
+        }
+        for (i, (raw, outcome)) in tasks.iter().enumerate() {
+            if !is_ack[i] {
+                settled[i] = self.settle(raw, outcome).await?;
+            }
+        }
+        Ok(settled)
+    }
+
+    async fn ack(
+        &self,
+        raw: &str,
+        field: &str,
+        counts: &[(String, u64)],
+    ) -> Result<Settled, QueueError> {
+        let mut conn = self.manager.clone();
+        let mut invocation = ACK.prepare_invoke();
+        invocation
+            .key(&self.keys.processing)
+            .key(&self.keys.counts)
+            .key(&self.keys.stats)
+            .key(&self.keys.attempts)
+            .arg(raw)
+            .arg(field);
+        for (keyword, hits) in counts.iter().filter(|(_, n)| *n > 0) {
+            invocation.arg(keyword).arg(*hits);
+        }
+        let removed: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(command_error("ack", &self.keys.processing))?;
+        Ok(if removed == 1 {
+            Settled::Acked
+        } else {
+            Settled::NotHeld
+        })
+    }
+
+    async fn dead_letter(&self, raw: &str, dead: &DeadLetter) -> Result<Settled, QueueError> {
+        let mut conn = self.manager.clone();
+        let removed: i64 = self
+            .invocation(&DEAD, raw, dead)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(command_error("dead-letter", &self.keys.processing))?;
+        Ok(if removed == 1 {
+            Settled::DeadLettered
+        } else {
+            Settled::NotHeld
+        })
+    }
+
+    async fn retry(&self, raw: &str, dead: &DeadLetter) -> Result<Settled, QueueError> {
+        let mut conn = self.manager.clone();
+        let result: i64 = self
+            .invocation(&RETRY, raw, dead)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(command_error("retry", &self.keys.processing))?;
+        Ok(match result {
+            1 => Settled::Retried,
+            2 => Settled::DeadLettered,
+            _ => Settled::NotHeld,
+        })
+    }
+
+    fn invocation<'s>(
+        &self,
+        script: &'s Script,
+        raw: &str,
+        dead: &DeadLetter,
+    ) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&self.keys.processing)
+            .key(&self.keys.queue)
+            .key(&self.keys.stats)
+            .key(&self.keys.attempts)
+            .key(&self.keys.dead)
+            .arg(raw)
+            .arg(self.max_attempts)
+            .arg(dead.stage.as_str())
+            .arg(&dead.reason)
+            .arg(now_rfc3339())
+            .arg(&self.keys.worker);
+        invocation
+    }
+
+    /// Writes this worker's heartbeat with the configured TTL and keeps the worker listed in
+    /// `{q}:workers`.
+    ///
+    /// # Errors
+    /// [`QueueError::Command`] when Redis fails.
+    pub async fn heartbeat(&self, pid: u32, rss: u64, tasks_done: u64) -> Result<(), QueueError> {
+        let beat = Heartbeat {
+            pid,
+            rss,
+            tasks_done,
+            at: now_rfc3339(),
+        };
+        let value = serde_json::to_string(&beat).map_err(|source| QueueError::Encode {
+            worker: self.keys.worker.clone(),
+            source,
+        })?;
+        let mut conn = self.manager.clone();
+        let result = redis::pipe()
+            .cmd("SET")
+            .arg(&self.keys.heartbeat)
+            .arg(value)
+            .arg("EX")
+            .arg(self.heartbeat_ttl)
+            .ignore()
+            .cmd("SADD")
+            .arg(&self.keys.workers)
+            .arg(&self.keys.worker)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(command_error("SET", &self.keys.heartbeat));
+        self.note(result)
+    }
+
+    /// Ids waiting and in flight for this queue (see [`backlog`]).
+    ///
+    /// # Errors
+    /// [`QueueError::Command`] when Redis fails.
+    pub async fn backlog(&self) -> Result<Backlog, QueueError> {
+        let mut conn = self.manager.clone();
+        let result = backlog(&mut conn, &self.keys.queue).await;
+        self.note(result)
+    }
+
+    /// Length of this worker's processing list.
+    ///
+    /// # Errors
+    /// [`QueueError::Command`] when Redis fails.
+    pub async fn held(&self) -> Result<u64, QueueError> {
+        let mut conn = self.manager.clone();
+        let result = redis::cmd("LLEN")
+            .arg(&self.keys.processing)
+            .query_async(&mut conn)
+            .await
+            .map_err(command_error("LLEN", &self.keys.processing));
+        self.note(result)
+    }
+}
+
+/// Dead-letter reason for an id delivered more often than allowed (its worker died each time).
+#[must_use]
+pub fn too_many_deliveries(attempts: u64, max_attempts: u32) -> DeadLetter {
+    DeadLetter {
+        stage: Stage::Queue,
+        reason: format!(
+            "delivered {attempts} times, more than maxAttempts {max_attempts}; the workers handling it stopped before finishing it"
+        ),
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Sleeps for `delay` unless `cancel` fires first; returns true when cancelled.
+pub async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashSet};
+    use std::time::Instant;
+
+    use migrate_crds::SecretKeyRef;
+
+    use super::*;
+
+    fn redis_url() -> String {
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned())
+    }
+
+    fn fresh_key(name: &str) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!("test:queue:{name}:{}:{nanos}", std::process::id())
+    }
+
+    /// Deletes every key of a test queue.
+    async fn drop_keys(key: &str) {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{key}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    fn spec(key: &str, max_attempts: u32) -> QueueSpec {
+        QueueSpec {
+            url_secret_ref: SecretKeyRef {
+                name: "r".into(),
+                key: "url".into(),
+            },
+            key: key.to_owned(),
+            max_attempts,
+            heartbeat_ttl_seconds: 15,
+        }
+    }
+
+    async fn queue(key: &str, worker: &str, max_attempts: u32) -> Queue {
+        Queue::connect(&redis_url(), &spec(key, max_attempts), worker)
+            .await
+            .unwrap()
+    }
+
+    async fn push(q: &Queue, ids: &[&str]) {
+        let mut conn = q.connection();
+        for id in ids {
+            redis::cmd("LPUSH")
+                .arg(&q.keys().queue)
+                .arg(*id)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn hash(q: &Queue, key: &str) -> BTreeMap<String, u64> {
+        let mut conn = q.connection();
+        redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    async fn list(q: &Queue, key: &str) -> Vec<String> {
+        let mut conn = q.connection();
+        redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    async fn take_one(q: &Queue) -> Taken {
+        q.take(&CancellationToken::new()).await.unwrap().unwrap()
+    }
+
+    fn indexed(pairs: &[(&str, u64)]) -> Outcome {
+        Outcome::Indexed {
+            counts: pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+        }
+    }
+
+    fn failure(stage: Stage, reason: &str) -> DeadLetter {
+        DeadLetter {
+            stage,
+            reason: reason.to_owned(),
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let k = Keys::new("jobs", "w-1");
+        assert_eq!(k.processing, "jobs:processing:w-1");
+        assert_eq!(k.heartbeat, "jobs:heartbeat:w-1");
+        assert_eq!(k.workers, "jobs:workers");
+        assert_eq!(k.attempts, "jobs:attempts");
+        assert_eq!(k.dead, "jobs:dead");
+        assert_eq!(k.counts, "jobs:counts");
+        assert_eq!(k.stats, "jobs:stats");
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_in_logs() {
+        assert_eq!(
+            redact_url("redis://:secret@h:6379/0"),
+            "redis://***@h:6379/0"
+        );
+        assert_eq!(
+            redact_url("mysql://u:p@w@db:3306/x?a=b@c"),
+            "mysql://***@db:3306/x?a=b@c"
+        );
+        assert_eq!(redact_url("http://es:9200"), "http://es:9200");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let first = b.next_delay();
+        assert!(
+            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+            "{first:?}"
+        );
+        for _ in 0..20 {
+            assert!(b.next_delay() <= Duration::from_secs(5));
+        }
+        assert_eq!(b.failures(), 21);
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    /// Acknowledging twice, or acknowledging a task that a supervisor already requeued and
+    /// another worker finished, applies the counts exactly once.
+    #[tokio::test]
+    async fn ack_is_idempotent_and_counts_once_under_replay() {
+        let key = fresh_key("ack");
+        let a = queue(&key, "a", 3).await;
+        let b = queue(&key, "b", 3).await;
+        push(&a, &["1", "2"]).await;
+
+        let t1 = take_one(&a).await;
+        assert_eq!(
+            t1,
+            Taken {
+                raw: "1".into(),
+                attempts: 1
+            }
+        );
+        let outcome = indexed(&[("topics:rust", 2), ("topics:redis", 1)]);
+        assert!(a.finish(&t1.raw, &outcome).await.unwrap());
+        assert!(
+            !a.finish(&t1.raw, &outcome).await.unwrap(),
+            "second ack must change nothing"
+        );
+
+        // Worker a takes 2 and "dies"; a supervisor requeues it; b takes and acks it; then a
+        // comes back and acks late.
+        let t2 = take_one(&a).await;
+        let mut conn = a.connection();
+        assert_eq!(requeue_worker(&mut conn, &key, "a").await.unwrap(), 1);
+        let replay = take_one(&b).await;
+        assert_eq!(
+            replay,
+            Taken {
+                raw: "2".into(),
+                attempts: 2
+            }
+        );
+        assert_eq!(
+            b.settle(&replay.raw, &outcome).await.unwrap(),
+            Settled::Acked
+        );
+        assert_eq!(a.settle(&t2.raw, &outcome).await.unwrap(), Settled::NotHeld);
+
+        let counts = hash(&a, &a.keys().counts).await;
+        assert_eq!(counts.get("topics:rust"), Some(&4));
+        assert_eq!(counts.get("topics:redis"), Some(&2));
+        let stats = hash(&a, &a.keys().stats).await;
+        assert_eq!(stats.get("indexed"), Some(&2));
+        assert!(
+            hash(&a, &a.keys().attempts).await.is_empty(),
+            "acks forget the attempts"
+        );
+        assert!(list(&a, &a.keys().processing).await.is_empty());
+        assert!(list(&b, &b.keys().processing).await.is_empty());
+        drop_keys(&key).await;
+    }
+
+    /// Many tasks taken in one round trip are moved and counted like single takes, never more
+    /// than asked, and the rest stays queued in order.
+    #[tokio::test]
+    async fn take_up_to_moves_at_most_n_ids_oldest_first() {
+        let key = fresh_key("take-many");
+        let q = queue(&key, "w", 3).await;
+        push(&q, &["1", "2", "3", "4", "5"]).await;
+        let cancel = CancellationToken::new();
+        let taken = q.take_up_to(3, &cancel).await.unwrap();
+        let ids: Vec<_> = taken.iter().map(|t| (t.raw.as_str(), t.attempts)).collect();
+        assert_eq!(ids, vec![("1", 1), ("2", 1), ("3", 1)]);
+        assert_eq!(q.held().await.unwrap(), 3);
+        assert_eq!(list(&q, &key).await, vec!["5", "4"]);
+        let rest = q.take_up_to(10, &cancel).await.unwrap();
+        assert_eq!(rest.len(), 2);
+        let mut conn = q.connection();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&q.keys().workers)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(members, vec!["w".to_owned()]);
+        assert!(
+            q.take_up_to(10, &cancel).await.unwrap().is_empty(),
+            "an empty queue gives nothing after the block timeout"
+        );
+        drop_keys(&key).await;
+    }
+
+    /// Acknowledging many tasks in one script counts each once, in order, and a replay of the
+    /// same batch changes nothing; dead letters in the batch go to the dead list.
+    #[tokio::test]
+    async fn settle_many_counts_each_task_once() {
+        let key = fresh_key("settle-many");
+        let q = queue(&key, "w", 3).await;
+        push(&q, &["1", "2", "3", "4"]).await;
+        let taken = q.take_up_to(4, &CancellationToken::new()).await.unwrap();
+        assert_eq!(taken.len(), 4);
+        let a = indexed(&[("topics:a", 2), ("topics:b", 1)]);
+        let b = indexed(&[("topics:a", 5), ("topics:zero", 0)]);
+        let filtered = Outcome::Filtered {
+            set: "blocked".into(),
+        };
+        let dead = Outcome::Dead(failure(Stage::Sink, "mapper_parsing_exception"));
+        let batch = [("1", &a), ("2", &dead), ("3", &b), ("4", &filtered)];
+        let first = q.settle_many(&batch).await.unwrap();
+        assert_eq!(
+            first,
+            vec![
+                Settled::Acked,
+                Settled::DeadLettered,
+                Settled::Acked,
+                Settled::Acked
+            ]
+        );
+        assert_eq!(
+            q.settle_many(&batch).await.unwrap(),
+            vec![Settled::NotHeld; 4]
+        );
+        let counts = hash(&q, &q.keys().counts).await;
+        assert_eq!(
+            counts,
+            BTreeMap::from([("topics:a".into(), 7), ("topics:b".into(), 1)])
+        );
+        let stats = hash(&q, &q.keys().stats).await;
+        assert_eq!(
+            stats,
+            BTreeMap::from([
+                ("indexed".into(), 2),
+                ("filtered".into(), 1),
+                ("dead".into(), 1)
+            ])
+        );
+        assert_eq!(q.held().await.unwrap(), 0);
+        drop_keys(&key).await;
+    }
+
+    /// Filtered and skipped tasks are acknowledged under their own stats field.
+    #[tokio::test]
+    async fn filtered_and_skipped_are_acknowledged_without_counts() {
+        let key = fresh_key("filtered");
+        let q = queue(&key, "w", 3).await;
+        push(&q, &["1", "2"]).await;
+        let t = take_one(&q).await;
+        assert!(
+            q.finish(
+                &t.raw,
+                &Outcome::Filtered {
+                    set: "blocked".into()
+                }
+            )
+            .await
+            .unwrap()
+        );
+        let t = take_one(&q).await;
+        assert!(q.finish(&t.raw, &Outcome::Skipped).await.unwrap());
+        let stats = hash(&q, &q.keys().stats).await;
+        assert_eq!(
+            stats,
+            BTreeMap::from([("filtered".into(), 1), ("skipped".into(), 1)])
+        );
+        assert!(hash(&q, &q.keys().counts).await.is_empty());
+        drop_keys(&key).await;
+    }
+
+    /// A task that keeps failing is retried until its attempts are used up, then dead-lettered
+    /// with the last reason.
+    #[tokio::test]
+    async fn retry_moves_to_dead_after_max_attempts() {
+        let key = fresh_key("retry");
+        let q = queue(&key, "w", 2).await;
+        push(&q, &["7", "8"]).await;
+
+        let first = take_one(&q).await;
+        assert_eq!(first.raw, "7");
+        let outcome = Outcome::Retry(failure(Stage::Enrich, "nlp answered 503"));
+        assert_eq!(
+            q.settle(&first.raw, &outcome).await.unwrap(),
+            Settled::Retried
+        );
+        let second = take_one(&q).await;
+        assert_eq!(
+            second,
+            Taken {
+                raw: "7".into(),
+                attempts: 2
+            },
+            "a retried id is taken next"
+        );
+        let last = Outcome::Retry(failure(Stage::Source, "query timed out"));
+        assert_eq!(
+            q.settle(&second.raw, &last).await.unwrap(),
+            Settled::DeadLettered
+        );
+
+        let mut conn = q.connection();
+        let dead = dead_letters(&mut conn, &key, 10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].id, "7");
+        assert_eq!(dead[0].stage, "source");
+        assert_eq!(dead[0].reason, "query timed out");
+        assert_eq!(dead[0].attempts, 2);
+        assert_eq!(dead[0].worker, "w");
+        assert!(!dead[0].at.is_empty());
+        let stats = hash(&q, &q.keys().stats).await;
+        assert_eq!(
+            stats,
+            BTreeMap::from([("dead".into(), 1), ("retried".into(), 1)])
+        );
+        assert_eq!(list(&q, &key).await, vec!["8".to_owned()]);
+        assert!(hash(&q, &q.keys().attempts).await.is_empty());
+        drop_keys(&key).await;
+    }
+
+    /// A dead outcome goes to the dead-letter list at once, newest first.
+    #[tokio::test]
+    async fn dead_outcomes_are_listed_newest_first() {
+        let key = fresh_key("dead");
+        let q = queue(&key, "w", 3).await;
+        push(&q, &["x1", "5"]).await;
+        let t = take_one(&q).await;
+        let bad = Outcome::Dead(failure(
+            Stage::Queue,
+            "task id \"x1\" is not a decimal unsigned integer",
+        ));
+        assert!(q.finish(&t.raw, &bad).await.unwrap());
+        assert!(!q.finish(&t.raw, &bad).await.unwrap());
+        let t = take_one(&q).await;
+        assert!(
+            q.finish(
+                &t.raw,
+                &Outcome::Dead(failure(Stage::Sink, "mapper_parsing_exception"))
+            )
+            .await
+            .unwrap()
+        );
+        let mut conn = q.connection();
+        let dead = dead_letters(&mut conn, &key, 10).await.unwrap();
+        let ids: Vec<_> = dead
+            .iter()
+            .map(|d| (d.id.as_str(), d.stage.as_str()))
+            .collect();
+        assert_eq!(ids, vec![("5", "sink"), ("x1", "queue")]);
+        assert_eq!(dead_letters(&mut conn, &key, 1).await.unwrap().len(), 1);
+        drop_keys(&key).await;
+    }
+
+    /// Requeueing a worker's processing list puts the ids back to be taken first, oldest
+    /// first; doing it again changes nothing.
+    #[tokio::test]
+    async fn requeue_twice_is_harmless() {
+        let key = fresh_key("requeue");
+        let q = queue(&key, "w", 3).await;
+        push(&q, &["1", "2", "3", "4"]).await;
+        for _ in 0..3 {
+            take_one(&q).await;
+        }
+        let mut conn = q.connection();
+        assert_eq!(
+            backlog(&mut conn, &key).await.unwrap(),
+            Backlog {
+                queued: 1,
+                in_flight: 3
+            }
+        );
+        assert_eq!(requeue_worker(&mut conn, &key, "w").await.unwrap(), 3);
+        assert_eq!(requeue_worker(&mut conn, &key, "w").await.unwrap(), 0);
+        assert_eq!(list(&q, &key).await, vec!["4", "3", "2", "1"]);
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&q.keys().workers)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(members.is_empty());
+        assert_eq!(
+            backlog(&mut conn, &key).await.unwrap(),
+            Backlog {
+                queued: 4,
+                in_flight: 0
+            }
+        );
+        assert_eq!(
+            take_one(&q).await.raw,
+            "1",
+            "the oldest requeued id is taken first"
+        );
+        drop_keys(&key).await;
+    }
+
+    /// A worker restarting under the same id gets its previous life's ids back in the queue.
+    #[tokio::test]
+    async fn recover_own_returns_leftovers_and_registers_again() {
+        let key = fresh_key("recover");
+        let q = queue(&key, "w", 3).await;
+        push(&q, &["1", "2"]).await;
+        take_one(&q).await;
+        let again = queue(&key, "w", 3).await;
+        assert_eq!(again.recover_own().await.unwrap(), 1);
+        assert_eq!(again.held().await.unwrap(), 0);
+        let mut conn = again.connection();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&again.keys().workers)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(members, vec!["w".to_owned()]);
+        assert_eq!(
+            again.backlog().await.unwrap(),
+            Backlog {
+                queued: 2,
+                in_flight: 0
+            }
+        );
+        drop_keys(&key).await;
+    }
+
+    /// Two workers taking at the same time never receive the same id, and together take all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_takes_by_two_workers_never_share_an_id() {
+        let key = fresh_key("concurrent");
+        let a = std::sync::Arc::new(queue(&key, "a", 3).await);
+        let b = std::sync::Arc::new(queue(&key, "b", 3).await);
+        let ids: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+        let mut conn = a.connection();
+        redis::cmd("LPUSH")
+            .arg(&key)
+            .arg(&ids)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+
+        // One worker takes one id at a time (BLMOVE), the other up to 7 (the script).
+        let drain = |q: std::sync::Arc<Queue>, at_once: usize| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let taken = q
+                        .take_up_to(at_once, &CancellationToken::new())
+                        .await
+                        .unwrap();
+                    if taken.is_empty() {
+                        return got;
+                    }
+                    got.extend(taken.into_iter().map(|t| t.raw));
+                }
+            })
+        };
+        let (ga, gb) = tokio::join!(drain(a.clone(), 1), drain(b.clone(), 7));
+        let (ga, gb) = (ga.unwrap(), gb.unwrap());
+        let sa: HashSet<_> = ga.iter().cloned().collect();
+        let sb: HashSet<_> = gb.iter().cloned().collect();
+        assert_eq!(sa.len(), ga.len(), "a took an id twice");
+        assert_eq!(sb.len(), gb.len(), "b took an id twice");
+        assert!(sa.is_disjoint(&sb), "an id was taken by both workers");
+        assert_eq!(sa.len() + sb.len(), ids.len());
+        assert_eq!(a.held().await.unwrap() + b.held().await.unwrap(), 300);
+        drop_keys(&key).await;
+    }
+
+    /// Shutdown interrupts a blocking pop at once, and an id pushed afterwards is not moved
+    /// into the stopped worker's processing list.
+    #[tokio::test]
+    async fn shutdown_wins_over_a_blocking_pop() {
+        let key = fresh_key("cancel");
+        let worker = format!("w-{}", key.rsplit(':').next().unwrap_or_default());
+        let q = std::sync::Arc::new(queue(&key, &worker, 3).await);
+        let cancel = CancellationToken::new();
+        let waiting = {
+            let (q, cancel) = (q.clone(), cancel.clone());
+            tokio::spawn(async move {
+                // Keep popping like the taker loop does until cancelled.
+                loop {
+                    match q.take(&cancel).await.unwrap() {
+                        None if cancel.is_cancelled() => return None,
+                        None => {}
+                        some => return some,
+                    }
+                }
+            })
+        };
+        // Wait until the pop is blocked on the server.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut conn = q.connection();
+        loop {
+            let blocked: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if blocked.lines().any(|l| {
+                l.contains(&format!("name=migrate-take:{worker} ")) && l.contains("flags=b ")
+            }) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the pop never blocked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        cancel.cancel();
+        assert_eq!(waiting.await.unwrap(), None);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "cancel took {:?}",
+            started.elapsed()
+        );
+        push(&q, &["9"]).await;
+        assert_eq!(q.held().await.unwrap(), 0);
+        assert_eq!(list(&q, &key).await, vec!["9".to_owned()]);
+        drop_keys(&key).await;
+    }
+
+    /// Heartbeats carry the documented fields and list the worker as live.
+    #[tokio::test]
+    async fn heartbeats_make_a_worker_live() {
+        let key = fresh_key("beat");
+        let q = queue(&key, "w", 3).await;
+        let mut conn = q.connection();
+        assert!(live_workers(&mut conn, &key).await.unwrap().is_empty());
+        q.heartbeat(42, 1024, 7).await.unwrap();
+        let live = live_workers(&mut conn, &key).await.unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].0, "w");
+        assert_eq!(
+            (live[0].1.pid, live[0].1.rss, live[0].1.tasks_done),
+            (42, 1024, 7)
+        );
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&q.keys().heartbeat)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((1..=15).contains(&ttl), "ttl {ttl}");
+        q.release_own().await.unwrap();
+        let beats = worker_beats(&mut conn, &key).await.unwrap();
+        assert!(
+            beats.is_empty(),
+            "a released worker is no longer listed: {beats:?}"
+        );
+        drop_keys(&key).await;
+    }
+
+    /// An unreachable Redis is a transient connect error that names the URL without its
+    /// password.
+    #[tokio::test]
+    async fn an_unreachable_redis_is_a_transient_error_without_the_password() {
+        let err = Queue::connect("redis://:hunter2@127.0.0.1:1/0", &spec("k", 3), "w")
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("127.0.0.1:1") && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
+}

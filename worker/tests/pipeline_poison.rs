@@ -1,0 +1,122 @@
+//! Poison tasks against the real testbed: a non-numeric id, a missing row, a title the NLP
+//! service refuses and a document the index mapping refuses each end in the dead-letter list
+//! with a reason naming its stage, while every other task completes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod pipeline_support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use migrate_e2e::datagen::FIRST_ID;
+use migrate_e2e::search;
+use mysql_async::prelude::Queryable;
+use pipeline_support::Job;
+
+/// Four kinds of poison, one per stage that can refuse a task; the rest is indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_tasks_are_dead_lettered_at_their_stage_while_the_rest_completes() {
+    let job = Job::prepare("poison", 300).await;
+    let clean: Vec<u64> = job
+        .generated
+        .ids
+        .iter()
+        .copied()
+        .filter(|id| !job.generated.blacklisted_ids.contains(id))
+        .collect();
+    let (nlp_refused, mapping_refused) = (clean[10], clean[20]);
+    let missing = FIRST_ID + 1; // ids step by 3: this one has no row
+    let not_a_number = "not-a-number";
+
+    // `[nlp:400]` in a title makes the NLP service answer 400; an author id beyond a `short`
+    // makes the index refuse that one document.
+    let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&job.db_url).unwrap())
+        .await
+        .unwrap();
+    conn.exec_drop(
+        "UPDATE article SET title = CONCAT('[nlp:400]', title) WHERE id = ?",
+        (nlp_refused,),
+    )
+    .await
+    .unwrap();
+    conn.exec_drop(
+        "UPDATE article SET author_id = 99999 WHERE id = ?",
+        (mapping_refused,),
+    )
+    .await
+    .unwrap();
+    let _ = conn.disconnect().await;
+    job.create_index(serde_json::json!({ "author_id": { "type": "short" } }))
+        .await;
+    let expected = job.expected().await;
+
+    job.enqueue_all().await;
+    job.enqueue_raw(&[not_a_number, &missing.to_string()]).await;
+    let mut worker = job.spawn("w1");
+    let code = worker.exit_code(Duration::from_secs(90)).await;
+    assert_eq!(code, 0, "log:\n{}", worker.log_tail(30));
+
+    let dead: HashMap<String, _> = job
+        .dead()
+        .await
+        .into_iter()
+        .map(|d| (d.id.clone(), d))
+        .collect();
+    let stage_of = |id: &str| dead.get(id).map(|d| (d.stage.as_str(), d.reason.as_str()));
+    let (stage, reason) = stage_of(not_a_number).expect("the non-numeric id is dead-lettered");
+    assert_eq!(stage, "queue");
+    assert!(
+        reason.contains("not a decimal unsigned integer"),
+        "{reason}"
+    );
+    let (stage, reason) = stage_of(&missing.to_string()).expect("the missing row is dead-lettered");
+    assert_eq!(stage, "source");
+    assert!(reason.contains("no row"), "{reason}");
+    let (stage, reason) =
+        stage_of(&nlp_refused.to_string()).expect("the NLP refusal is dead-lettered");
+    assert_eq!(stage, "enrich");
+    assert!(reason.contains("400"), "{reason}");
+    let (stage, reason) =
+        stage_of(&mapping_refused.to_string()).expect("the mapping refusal is dead-lettered");
+    assert_eq!(stage, "sink");
+    assert!(
+        reason.contains("400") && reason.contains("author_id"),
+        "{reason}"
+    );
+    assert_eq!(
+        dead.len(),
+        4,
+        "only the poison is dead-lettered: {:?}",
+        dead.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        dead.values().all(|d| d.worker == "w1" && d.attempts == 1),
+        "{dead:?}"
+    );
+
+    let mut indexed_expected = expected.indexed_ids.clone();
+    indexed_expected.remove(&nlp_refused);
+    indexed_expected.remove(&mapping_refused);
+    let indexed = search::ids(&job.env.es_url, &job.index).await;
+    assert_eq!(indexed, indexed_expected, "every other document is indexed");
+    let stats = job.stats().await;
+    assert_eq!(stats.get("dead"), 4, "{stats:?}");
+    assert_eq!(
+        stats.get("indexed"),
+        indexed_expected.len() as u64,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.get("filtered"),
+        expected.blacklisted_ids.len() as u64,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.finished(),
+        job.generated.ids.len() as u64 + 2,
+        "{stats:?}"
+    );
+    assert_eq!(job.llen(&job.keys("w1").processing).await, 0);
+    job.cleanup().await;
+}
