@@ -1,6 +1,12 @@
 //! The migrate-operator supervisor.
 //!
-//! [`policy`] is the pure decision function shared by both backends: the Kubernetes controller
-//! (worker pods) and the local supervisor (worker processes on one machine).
+//! [`policy`] is the pure decision function shared by both backends: the Kubernetes
+//! [`controller`] (worker pods) and the [`local`] supervisor (worker processes on one machine,
+//! no cluster). [`leak`] names the pipeline stage whose retained memory grows.
 
+pub mod controller;
+pub mod leader;
+pub mod leak;
+pub mod local;
+pub mod metrics;
 pub mod policy;

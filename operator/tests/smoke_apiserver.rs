@@ -1,0 +1,255 @@
+//! Smoke tests of the MigrateJob API on a real kube-apiserver (the testbed's, or any cluster
+//! named by `KUBECONFIG`): the generated CRD is accepted, objects round-trip, the status and
+//! scale subresources work, and the CEL rules reject invalid specs with their messages.
+
+// Test helpers outside `#[test]` functions fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, CustomResourceExt};
+use migrate_crds::pipeline::example_spec;
+use migrate_crds::{MigrateJob, MigrateJobSpec};
+use migrate_e2e::env::TestEnv;
+use serde_json::json;
+
+const MANAGER: &str = "migrate-operator-smoke";
+
+/// A client for the testbed's API server; fails loudly when there is none.
+async fn client() -> Client {
+    let env = TestEnv::load();
+    let path = env.kubeconfig.clone().unwrap_or_else(|| {
+        panic!("no KUBECONFIG and no .testbed/env with one: start the control plane with `tests/testbed/up.sh k8s`")
+    });
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("bad kubeconfig {}: {e}", path.display()));
+    let client = Client::try_from(config).expect("client from kubeconfig");
+    client.apiserver_version().await.unwrap_or_else(|e| {
+        panic!(
+            "the API server named by {} does not answer ({e}): run tests/testbed/up.sh k8s",
+            path.display()
+        )
+    });
+    client
+}
+
+/// Applies the committed CRD (exactly the file users apply) and waits until it is served.
+async fn install_crd(client: &Client) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crds/migratejob.yaml"
+    ))
+    .expect("crds/migratejob.yaml");
+    let crd: CustomResourceDefinition =
+        serde_saphyr::from_str(&text).expect("crds/migratejob.yaml is a CustomResourceDefinition");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = MigrateJob::crd_name();
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("the API server accepts the generated CRD");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(api, name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established within 30 s")
+    .expect("watching the CRD");
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn job(name: &str, spec: MigrateJobSpec) -> MigrateJob {
+    let mut job = MigrateJob::new(name, spec);
+    job.metadata.namespace = Some("default".to_owned());
+    job
+}
+
+/// The generated CRD installs, and a MigrateJob round-trips with its defaults applied.
+#[tokio::test]
+async fn a_migrate_job_round_trips_through_the_api_server() {
+    let client = client().await;
+    install_crd(&client).await;
+    let api: Api<MigrateJob> = Api::namespaced(client, "default");
+    let name = unique("smoke-roundtrip");
+    let created = api
+        .create(&PostParams::default(), &job(&name, example_spec()))
+        .await
+        .expect("create");
+    assert_eq!(created.spec, example_spec());
+    let fetched = api.get(&name).await.expect("get");
+    assert_eq!(fetched.spec.queue.key, "articles");
+    assert_eq!(fetched.spec.memory.soft, "80%");
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+}
+
+/// The status subresource takes a server-side-applied status without touching the spec.
+#[tokio::test]
+async fn status_is_written_through_the_status_subresource() {
+    let client = client().await;
+    install_crd(&client).await;
+    let api: Api<MigrateJob> = Api::namespaced(client, "default");
+    let name = unique("smoke-status");
+    api.create(&PostParams::default(), &job(&name, example_spec()))
+        .await
+        .expect("create");
+    let patch = json!({
+        "apiVersion": "migrate-operator.io/v1alpha1",
+        "kind": "MigrateJob",
+        "status": {
+            "observedGeneration": 1,
+            "phase": "Running",
+            "replicas": 2,
+            "readyReplicas": 1,
+            "backlog": 1234,
+            "processed": 99,
+            "restarts": {"total": 1, "memorySoft": 1},
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "WorkersReady",
+                "message": "1 of 2 workers ready", "lastTransitionTime": "2026-11-26T00:00:00Z"
+            }]
+        }
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .expect("status patch");
+    let got = api.get_status(&name).await.expect("get status");
+    let status = got.status.expect("status set");
+    assert_eq!(status.backlog, 1234);
+    assert_eq!(status.restarts.memory_soft, 1);
+    assert_eq!(status.conditions[0].reason, "WorkersReady");
+    assert_eq!(got.spec, example_spec(), "the spec is untouched");
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+}
+
+/// `kubectl scale mj/x --replicas=N` goes through the scale subresource into `spec.replicas`,
+/// and the status side reads `status.replicas` and `status.selector`.
+#[tokio::test]
+async fn the_scale_subresource_sets_spec_replicas() {
+    let client = client().await;
+    install_crd(&client).await;
+    let api: Api<MigrateJob> = Api::namespaced(client, "default");
+    let name = unique("smoke-scale");
+    api.create(&PostParams::default(), &job(&name, example_spec()))
+        .await
+        .expect("create");
+    api.patch_scale(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .expect("scale");
+    let scaled = api.get(&name).await.expect("get");
+    assert_eq!(scaled.spec.replicas, Some(3));
+    let status = json!({
+        "apiVersion": "migrate-operator.io/v1alpha1", "kind": "MigrateJob",
+        "status": {"replicas": 2, "selector": "migrate-operator.io/job=x"}
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .expect("status patch");
+    let scale = api.get_scale(&name).await.expect("get scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(3));
+    let scale_status = scale.status.expect("scale status");
+    assert_eq!(scale_status.replicas, 2);
+    assert_eq!(
+        scale_status.selector.as_deref(),
+        Some("migrate-operator.io/job=x")
+    );
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+}
+
+/// Invalid specs are rejected at admission with the CEL rule's message, naming the field.
+#[tokio::test]
+async fn invalid_jobs_are_rejected_with_a_message_a_person_understands() {
+    let client = client().await;
+    install_crd(&client).await;
+    let api: Api<MigrateJob> = Api::namespaced(client, "default");
+    let mut cases: Vec<(MigrateJobSpec, &str)> = Vec::new();
+
+    let mut spec = example_spec();
+    spec.workers.min_replicas = 5;
+    spec.workers.max_replicas = 2;
+    cases.push((
+        spec,
+        "workers.minReplicas must be less than or equal to workers.maxReplicas",
+    ));
+
+    let mut spec = example_spec();
+    spec.memory.soft = "95%".to_owned();
+    spec.memory.hard = "90%".to_owned();
+    cases.push((spec, "memory.soft must be lower than memory.hard"));
+
+    let mut spec = example_spec();
+    spec.memory.soft = "2Gi".to_owned();
+    spec.memory.hard = "1Gi".to_owned();
+    cases.push((spec, "memory.soft must be lower than memory.hard"));
+
+    let mut spec = example_spec();
+    spec.memory.hard = "150%".to_owned();
+    cases.push((spec, "memory.hard in percent must be between 1% and 100%"));
+
+    let mut spec = example_spec();
+    spec.source.queries[1].sql = "   ".to_owned();
+    cases.push((spec, "sql must not be empty"));
+
+    let mut spec = example_spec();
+    spec.source.queries[1].main = true;
+    cases.push((spec, "exactly one query must have main: true"));
+
+    let mut spec = example_spec();
+    spec.source.queries.clear();
+    cases.push((spec, "spec.source.queries"));
+
+    for (spec, message) in cases {
+        let name = unique("smoke-invalid");
+        let err = api
+            .create(&PostParams::default(), &job(&name, spec))
+            .await
+            .expect_err(&format!("a spec violating {message:?} must be rejected"));
+        match err {
+            kube::Error::Api(status) => {
+                assert_eq!(status.code, 422, "{status:?}");
+                assert!(
+                    status.message.contains(message),
+                    "expected {message:?} in {:?}",
+                    status.message
+                );
+            }
+            other => panic!("expected an API rejection for {message:?}, got {other}"),
+        }
+    }
+}
