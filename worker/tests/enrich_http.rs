@@ -391,7 +391,6 @@ async fn calls_in_flight_never_exceed_max_concurrent() {
 ///
 /// Needs `tests/testbed/up.sh nlp`; `NLP_URL` defaults to the testbed address.
 #[tokio::test]
-#[ignore = "needs the testbed NLP service (tests/testbed/up.sh nlp)"]
 async fn the_real_nlp_service_segments_text() {
     let base = std::env::var("NLP_URL").unwrap_or_else(|_| "http://127.0.0.1:8090".to_owned());
     let mut e = endpoint("segment", format!("{base}/segment"));

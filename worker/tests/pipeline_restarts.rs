@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use migrate_crds::Mode;
 use nix::sys::signal::Signal;
-use pipeline_support::{Job, report, testbed, wait_for};
+use pipeline_support::{ComponentUpOnDrop, Job, report, testbed, wait_for};
 
 /// Serialises the tests of this file: each takes a shared service away.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -32,6 +32,7 @@ async fn a_redis_restart_is_survived_and_counts_stay_exact() {
     })
     .await;
 
+    let _restore = ComponentUpOnDrop("redis");
     testbed("redis", "down").await;
     wait_for(
         "/readyz to fail while Redis is down",
@@ -92,6 +93,7 @@ async fn a_mysql_restart_is_waited_out_without_losing_or_failing_tasks() {
     })
     .await;
 
+    let _restore = ComponentUpOnDrop("mariadb");
     testbed("mariadb", "down").await;
     wait_for(
         "/readyz to fail while MySQL is down",

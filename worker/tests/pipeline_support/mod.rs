@@ -652,6 +652,22 @@ pub fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// Brings a testbed component back up when dropped, so a test that fails while the component
+/// is down does not leave the shared testbed broken.
+pub struct ComponentUpOnDrop(pub &'static str);
+
+impl Drop for ComponentUpOnDrop {
+    fn drop(&mut self) {
+        let script = migrate_e2e::env::repo_root()
+            .join("tests/testbed/components")
+            .join(format!("{}.sh", self.0));
+        let _ = std::process::Command::new("bash")
+            .arg(script)
+            .arg("up")
+            .output();
+    }
+}
+
 /// Runs a testbed component script (`redis.sh down`, `mariadb.sh up`...).
 pub async fn testbed(component: &str, action: &str) {
     let script = migrate_e2e::env::repo_root()
