@@ -13,9 +13,9 @@
 # Running it again starts over.
 #
 #   scripts/demo.sh [--articles N] [demo-prepare flags...]
-#       --articles N          articles to move (default 20000: a few minutes on 2 cores)
+#       --articles N          articles to move (default 50000: about two minutes on 2 cores)
 #       --workers N           worker processes (default 3)
-#       --memory-limit SIZE   per-worker memory limit (default 160Mi)
+#       --memory-limit SIZE   per-worker memory limit (default 192Mi; drained at 70%)
 #       --leak-bytes N        bytes leaked per task on purpose, 0 for none (default 32768)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,7 +25,7 @@ started=$SECONDS
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 step() { printf '\n==> %s (%ds)\n' "$*" $((SECONDS - started)); }
 
-articles=20000
+articles=50000
 prepare_args=()
 while (($#)); do
   case $1 in

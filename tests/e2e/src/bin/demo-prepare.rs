@@ -39,13 +39,13 @@ struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            articles: 20_000,
+            articles: 50_000,
             dir: PathBuf::from("migrate-demo"),
             database: "migrate_demo".to_owned(),
             queue: "migrate_demo".to_owned(),
             index: "migrate_demo".to_owned(),
             workers: 3,
-            memory_limit: "160Mi".to_owned(),
+            memory_limit: "192Mi".to_owned(),
             leak_bytes: 32 * 1024,
             leak_stage: "enrich".to_owned(),
         }
@@ -211,6 +211,9 @@ async fn prepare(o: &Options) -> Result<(), String> {
     // In local mode the keyword "ConfigMap" is a folder next to the job file.
     spec.keywords.config_map = Some("keywords".to_owned());
     spec.memory.min_worker_age_seconds = 5;
+    // Drain at 70% of the limit: room for the RSS growth of a check interval and of a restart
+    // throttled behind another one before the hard limit (92%).
+    spec.memory.soft = "70%".to_owned();
     if o.leak_bytes > 0 {
         spec.test_only = Some(TestOnlySpec {
             leak_bytes_per_task: o.leak_bytes,
