@@ -23,10 +23,10 @@ const RUN_LIMIT: Duration = Duration::from_secs(600);
 /// Bytes every task leaks in the leak test.
 const LEAK_PER_TASK: u64 = 64 * 1024;
 
-/// Per-worker limit of the leak test: a worker starts at roughly 25-40 MiB of RSS, so with
-/// 64 KiB leaked per task it crosses the soft limit (80%, ~77 MiB) after ~600-800 tasks. The
-/// hard limit is set at 95% (~91 MiB): ~14 MiB (~230 tasks, two to three check intervals of
-/// growth) above the soft one, the room a drain needs even when it waits for another worker's.
+/// Per-worker limit of the leak test. A worker starts at roughly 25-40 MiB of RSS and, with
+/// 64 KiB leaked per task at 200-300 tasks/s, grows by 12-20 MiB/s. Soft at 70% (~67 MiB) is
+/// crossed after ~500-650 tasks; hard at 95% (~91 MiB) is ~24 MiB further, more than a second
+/// of growth, while the supervisor (and the worker's own check) look every 250 ms.
 const LEAK_MEMORY_LIMIT: &str = "96Mi";
 
 /// A worker whose memory grows with every task is drained at its soft limit and replaced
@@ -39,6 +39,8 @@ async fn leaking_workers_are_drained_and_replaced_before_their_hard_limit() {
     scenario.spec.workers.min_replicas = 2;
     scenario.spec.workers.max_replicas = 2;
     scenario.spec.memory.min_worker_age_seconds = 2;
+    scenario.spec.memory.check_interval_ms = 250;
+    scenario.spec.memory.soft = "70%".to_owned();
     scenario.spec.memory.hard = "95%".to_owned();
     scenario.spec.test_only = Some(TestOnlySpec {
         leak_bytes_per_task: LEAK_PER_TASK,
