@@ -74,6 +74,8 @@ pub struct Figures {
 #[derive(Debug)]
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// The bar is drawn (from the first figures on).
+    drawing: bool,
     samples: VecDeque<(Duration, u64)>,
     last_plain: Option<Duration>,
 }
@@ -83,7 +85,8 @@ impl Progress {
     #[must_use]
     pub fn new(show: bool) -> Self {
         let bar = (show && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(4));
+            // Hidden until the first figures arrive, so that no empty bar is drawn.
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
             let style = ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len}\n  {msg}",
             )
@@ -96,6 +99,7 @@ impl Progress {
         }
         Self {
             bar,
+            drawing: false,
             samples: VecDeque::with_capacity(RATE_SAMPLES),
             last_plain: None,
         }
@@ -138,6 +142,10 @@ impl Progress {
         );
         match &self.bar {
             Some(bar) => {
+                if !self.drawing {
+                    self.drawing = true;
+                    bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+                }
                 bar.set_length(figures.done.saturating_add(figures.backlog.unwrap_or(0)));
                 bar.set_position(figures.done);
                 bar.set_message(message);

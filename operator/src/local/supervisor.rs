@@ -137,6 +137,7 @@ pub struct Supervisor {
     recovered: u64,
     reports: BTreeSet<String>,
     reported: Vec<String>,
+    throttled: BTreeSet<String>,
     leak_threshold: LeakThreshold,
     oom_kills: Option<u64>,
     stats: BTreeMap<String, u64>,
@@ -194,6 +195,7 @@ impl Supervisor {
             recovered: 0,
             reports: BTreeSet::new(),
             reported: Vec::new(),
+            throttled: BTreeSet::new(),
             leak_threshold: LeakThreshold::default(),
             oom_kills: cgroup_oom_kills(),
             stats: BTreeMap::new(),
@@ -633,11 +635,34 @@ impl Supervisor {
         let current: BTreeSet<String> = reports.iter().map(describe).collect();
         for text in current.difference(&self.reports) {
             warn!("{text}");
-            if !self.reported.contains(text) {
-                self.reported.push(text.clone());
+        }
+        for report in reports {
+            // Throttling is one line in the summary, naming every worker that waited.
+            if let Report::RestartsThrottled { waiting } = report {
+                self.throttled.extend(waiting.iter().cloned());
+                continue;
+            }
+            let text = describe(report);
+            if !self.reported.contains(&text) {
+                self.reported.push(text);
             }
         }
         self.reports = current;
+    }
+
+    /// The reports for the summary: each condition once, throttling as one line.
+    fn reported(&self) -> Vec<String> {
+        let mut out = self.reported.clone();
+        if !self.throttled.is_empty() {
+            let mut waited: Vec<&String> = self.throttled.iter().collect();
+            waited.sort_by_key(|w| worker_number(w));
+            let names: Vec<&str> = waited.iter().map(|w| w.as_str()).collect();
+            out.push(format!(
+                "Restarts were throttled by memory.maxConcurrentRestarts; workers that waited: {}.",
+                names.join(", ")
+            ));
+        }
+        out
     }
 
     /// Kills draining workers that outlived their grace period.
@@ -801,7 +826,7 @@ impl Supervisor {
                 worker_limit_bytes: self.job.worker_memory_limit,
             },
             workers,
-            reports: self.reported.clone(),
+            reports: self.reported(),
         }
     }
 }
