@@ -2,9 +2,10 @@
 //!
 //! Metric names are those of `docs/architecture.md` ("Metric names"): `migrate_reconcile_total
 //! {result}`, `migrate_reconcile_seconds`, `migrate_workers{state}`, `migrate_restarts_total
-//! {reason}`, `migrate_requeued_total` and `migrate_backlog`. Labels stay low-cardinality: a
-//! result, a worker state or a restart reason, never a job, pod or task id. The gauges are sums
-//! over every job the operator reconciles.
+//! {reason}`, `migrate_requeued_total`, `migrate_backlog` and `migrate_leak_retained_bytes
+//! {stage}`. Labels stay low-cardinality: a result, a worker state, a restart reason or a stage
+//! name (at most 16 distinct), never a job, pod or task id. The gauges are sums over every job
+//! the operator reconciles, except the leak gauge, which holds the latest named leak per stage.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +42,16 @@ const RECONCILE_BUCKETS: [f64; 12] = [
 ];
 
 type Label = [(&'static str, &'static str); 1];
+
+/// A label whose value comes from a worker (a stage name), not from a fixed list.
+type OwnedLabel = [(&'static str, String); 1];
+
+/// Longest stage name kept as a label value; longer names are cut, so a misbehaving worker
+/// cannot grow label values without bound.
+const MAX_STAGE_LABEL: usize = 32;
+
+/// Most distinct stage names kept as label values (the worker has five stages).
+const MAX_STAGES: usize = 16;
 
 /// Why the metrics server stopped.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +96,8 @@ pub struct Metrics {
     restarts_total: Family<Label, Counter>,
     requeued_total: Counter,
     backlog: Gauge,
+    leak_retained: Family<OwnedLabel, Gauge>,
+    leak_stages: Mutex<std::collections::BTreeSet<String>>,
     /// Per job (`namespace/name`), what it contributes to the gauges; bounded by the number of
     /// jobs that exist (entries are removed when a job is deleted).
     jobs: Mutex<HashMap<String, JobGauges>>,
@@ -107,6 +120,7 @@ impl Metrics {
         let restarts_total = Family::<Label, Counter>::default();
         let requeued_total = Counter::default();
         let backlog = Gauge::default();
+        let leak_retained = Family::<OwnedLabel, Gauge>::default();
         registry.register(
             "migrate_reconcile",
             "Reconciliations of MigrateJobs, by result",
@@ -137,6 +151,11 @@ impl Metrics {
             "Queued plus in-flight ids of every job",
             backlog.clone(),
         );
+        registry.register(
+            "migrate_leak_retained_bytes",
+            "Growth of a stage's retained bytes over a worker's life, from the latest restart for memory that named the stage as leaking",
+            leak_retained.clone(),
+        );
         for result in RESULTS {
             let _ = reconcile_total.get_or_create(&[("result", result)]);
         }
@@ -154,6 +173,8 @@ impl Metrics {
             restarts_total,
             requeued_total,
             backlog,
+            leak_retained,
+            leak_stages: Mutex::new(std::collections::BTreeSet::new()),
             jobs: Mutex::new(HashMap::new()),
         }
     }
@@ -176,6 +197,21 @@ impl Metrics {
     /// Counts ids put back on a queue.
     pub fn requeued(&self, ids: u64) {
         self.requeued_total.inc_by(ids);
+    }
+
+    /// Records that a restart for memory named `stage` as leaking `bytes` (its retained bytes'
+    /// growth over the worker's life): sets `migrate_leak_retained_bytes{stage}`.
+    pub fn leak(&self, stage: &str, bytes: u64) {
+        let mut name: String = stage.chars().take(MAX_STAGE_LABEL).collect();
+        if let Ok(mut stages) = self.leak_stages.lock() {
+            if !stages.contains(&name) && stages.len() >= MAX_STAGES {
+                name = "other".to_owned();
+            }
+            stages.insert(name.clone());
+        }
+        self.leak_retained
+            .get_or_create(&[("stage", name)])
+            .set(saturating_i64(bytes));
     }
 
     /// Records what one job contributes to `migrate_workers` and `migrate_backlog`; `None`
@@ -356,6 +392,31 @@ mod tests {
         health.set_ready(true);
         assert_eq!(get("/readyz").await.0, 200);
         server.abort();
+    }
+
+    /// A named leak sets its stage's gauge; stage names from workers cannot grow the label set
+    /// without bound.
+    #[test]
+    fn a_named_leak_sets_its_stage_gauge_and_stage_labels_stay_bounded() {
+        let m = Metrics::new();
+        m.leak("enrich", 38 << 20);
+        let text = m.encode();
+        assert!(
+            text.contains(&format!(
+                "migrate_leak_retained_bytes{{stage=\"enrich\"}} {}",
+                38u64 << 20
+            )),
+            "{text}"
+        );
+        for i in 0..40 {
+            m.leak(&format!("stage{i}"), 1);
+        }
+        let labels = m
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("migrate_leak_retained_bytes{"))
+            .count();
+        assert_eq!(labels, MAX_STAGES + 1, "16 names plus \"other\"");
     }
 
     /// Gauges are sums over jobs, and a deleted job stops counting.

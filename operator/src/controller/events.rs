@@ -51,6 +51,17 @@ impl Note {
         self.pod = Some(pod.to_owned());
         self
     }
+
+    /// Adds the leaking stage, when one was named, to the message:
+    /// `...; stage enrich retained +38 MiB over 2,000 tasks`.
+    #[must_use]
+    pub fn with_leak(mut self, leak: Option<&str>) -> Self {
+        if let Some(leak) = leak {
+            self.message.push_str("; ");
+            self.message.push_str(leak);
+        }
+        self
+    }
 }
 
 /// The Event reason of a restart reason: `OomKilled`, `MemorySoft`, `ScaledDown`, ...
@@ -215,6 +226,17 @@ mod tests {
         assert!(n.warning);
         assert_eq!(n.reason, "OomKilled");
         assert!(n.message.contains("limits.memory"), "{}", n.message);
+    }
+
+    #[test]
+    fn a_memory_restart_names_the_leaking_stage_when_one_was_found() {
+        let leak = "stage enrich retained +38 MiB over 2,000 tasks";
+        let n = stopping("w-1", RestartReason::MemorySoft, Some(150 << 20), false)
+            .with_leak(Some(leak));
+        assert_eq!(n.reason, "MemorySoft");
+        assert!(n.message.ends_with(&format!("; {leak}")), "{}", n.message);
+        let plain = stopping("w-1", RestartReason::MemorySoft, Some(150 << 20), false);
+        assert_eq!(plain.clone().with_leak(None), plain);
     }
 
     #[test]

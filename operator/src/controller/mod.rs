@@ -73,6 +73,7 @@ use tokio::sync::watch;
 use tracing::{Instrument as _, debug, error, info, info_span, instrument, warn};
 
 use crate::leader::{LeaderElector, LeaseConfig};
+use crate::leak::{LeakThreshold, RetainedSample};
 use crate::metrics::{self, Health, JobGauges, Metrics};
 use crate::policy::{
     self, Action as PolicyAction, Observations, PolicyState, Report, RestartReason, WorkerState,
@@ -227,6 +228,9 @@ struct JobMemory {
     children_generation: Option<i64>,
     known_pods: BTreeSet<String>,
     readings: HashMap<String, Scraped>,
+    /// Each live pod's first per-stage retained reading: the baseline its growth is measured
+    /// from when it is restarted for memory. One entry per live pod.
+    first_retained: HashMap<String, RetainedSample>,
     last_oom: Option<(Instant, String)>,
     /// Problems (Degraded reasons) and one-off notes already published as Events.
     reported: BTreeSet<String>,
@@ -643,6 +647,52 @@ async fn scrape_pods(
     }
     let present: BTreeSet<String> = pods.iter().map(ResourceExt::name_any).collect();
     mem.readings.retain(|name, _| present.contains(name));
+    mem.first_retained.retain(|name, _| present.contains(name));
+    for (name, reading) in &mem.readings {
+        mem.first_retained
+            .entry(name.clone())
+            .or_insert_with(|| retained_sample(reading));
+    }
+}
+
+fn retained_sample(reading: &Scraped) -> RetainedSample {
+    RetainedSample {
+        tasks_done: reading.tasks_done,
+        retained: reading
+            .retained
+            .iter()
+            .map(|(stage, &b)| (stage.clone(), i64::try_from(b).unwrap_or(i64::MAX)))
+            .collect(),
+    }
+}
+
+/// For a restart for memory: names the stage whose retained bytes grew over the worker's life
+/// (from its first reading to its latest), remembers it for the status, and sets the metric.
+/// Returns the sentence for the Event.
+fn name_leak(
+    ctx: &Context,
+    mem: &mut JobMemory,
+    worker: &str,
+    reason: RestartReason,
+) -> Option<String> {
+    if !matches!(
+        reason,
+        RestartReason::MemorySoft | RestartReason::MemoryHard | RestartReason::OomKilled
+    ) {
+        return None;
+    }
+    let first = mem.first_retained.get(worker)?;
+    let latest = retained_sample(mem.readings.get(worker)?);
+    let report = crate::leak::attribute(first, &latest, &LeakThreshold::default())?;
+    info!(pod = %worker, stage = %report.stage, retained_bytes = report.retained_bytes, over_tasks = report.over_tasks, "Leak attributed to a stage.");
+    ctx.metrics.leak(&report.stage, report.retained_bytes);
+    mem.counters.leak = Some(migrate_crds::LeakReport {
+        stage: report.stage.clone(),
+        retained_bytes: i64::try_from(report.retained_bytes).unwrap_or(i64::MAX),
+        over_tasks: i64::try_from(report.over_tasks).unwrap_or(i64::MAX),
+        message: report.message.clone(),
+    });
+    Some(report.message)
 }
 
 /// Reconciles a job that is not being deleted. Returns the next action and the result label.
@@ -875,9 +925,11 @@ async fn reconcile_job(
                 .await
                 .map_err(apply_err)?;
             let code = observe::exit_status(pod).and_then(|s| s.code);
+            let mut leak = None;
             if let Some(r) = counted {
                 let usage = oom_usage.get(worker.as_str()).copied().flatten();
                 count_restart(ctx, mem, worker, r, usage);
+                leak = name_leak(ctx, mem, worker, r);
                 if r == RestartReason::OomKilled {
                     mem.last_oom = Some((Instant::now(), oom_message(job, worker, usage)));
                 }
@@ -886,7 +938,7 @@ async fn reconcile_job(
                 events::publish(
                     &ctx.recorder,
                     &regarding,
-                    events::ended(worker, counted, code),
+                    events::ended(worker, counted, code).with_leak(leak.as_deref()),
                 )
                 .await;
             }
@@ -935,11 +987,12 @@ async fn reconcile_job(
             .await
             .map_err(apply_err)?;
         count_restart(ctx, mem, worker, reason, memory_bytes);
+        let leak = name_leak(ctx, mem, worker, reason);
         info!(pod = %worker, reason = reason.as_str(), memory_bytes, at_once, "Stopping a worker pod.");
         events::publish(
             &ctx.recorder,
             &regarding,
-            events::stopping(worker, reason, memory_bytes, at_once),
+            events::stopping(worker, reason, memory_bytes, at_once).with_leak(leak.as_deref()),
         )
         .await;
         deleted.insert(worker.clone());

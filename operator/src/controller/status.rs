@@ -15,7 +15,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
-use migrate_crds::{LastRestart, MigrateJob, MigrateJobStatus, Mode, Phase, RestartCounts};
+use migrate_crds::{
+    LastRestart, LeakReport, MigrateJob, MigrateJobStatus, Mode, Phase, RestartCounts,
+};
 use serde_json::json;
 
 use super::MANAGER;
@@ -86,6 +88,8 @@ pub struct Counters {
     pub requeued: i64,
     /// The latest restart.
     pub last_restart: Option<LastRestart>,
+    /// The latest stage named as leaking.
+    pub leak: Option<LeakReport>,
 }
 
 impl Counters {
@@ -96,6 +100,7 @@ impl Counters {
             restarts: s.restarts.clone(),
             requeued: s.requeued,
             last_restart: s.last_restart.clone(),
+            leak: s.leak.clone(),
         })
     }
 
@@ -420,7 +425,7 @@ pub fn running_status(
         requeued: counters.requeued,
         restarts: counters.restarts.clone(),
         last_restart: counters.last_restart.clone(),
-        leak: previous_status.leak,
+        leak: counters.leak.clone(),
     }
 }
 
