@@ -105,6 +105,9 @@ pub struct RestartCounts {
     /// Stopped because fewer workers were needed.
     #[serde(default)]
     pub scaled_down: i64,
+    /// Drained and replaced because the spec changed after it started (a rolling update).
+    #[serde(default)]
+    pub updated: i64,
 }
 
 /// The most recent worker restart.
@@ -113,7 +116,8 @@ pub struct RestartCounts {
 pub struct LastRestart {
     /// The worker (pod or process) that was restarted.
     pub worker: String,
-    /// One of memory-soft, memory-hard, recycled, oom-killed, crashed, evicted, scaled-down.
+    /// One of memory-soft, memory-hard, recycled, oom-killed, crashed, evicted, scaled-down,
+    /// updated.
     pub reason: String,
     /// The worker's memory when the decision was taken, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,8 +18,9 @@
 //!    every worker is over the soft line the limit is probably too low for the workload rather
 //!    than a leak: that is reported, and restarts still go one budget at a time, never all at
 //!    once. Stale or missing readings are reported and never acted on.
-//! 4. Recycling after N tasks takes the same path and budget as a soft-limit drain.
-//! 5. A worker drained for memory or recycling gets its replacement started first, while the
+//! 4. Recycling after N tasks, and replacing a worker started from an older spec (reason
+//!    `updated`: a rolling update), take the same path and budget as a soft-limit drain.
+//! 5. A worker drained for memory, an update or recycling gets its replacement started first, while the
 //!    pool is below `maxReplicas`.
 //! 6. Scale: desired = `spec.replicas` when set, else clamp(ceil(backlog / target), min, max).
 //!    Scale up at once; scale down (backlog-based only) after the stabilization window, idle
@@ -48,11 +49,13 @@ pub enum RestartReason {
     Evicted,
     /// Stopped because fewer workers were needed.
     ScaledDown,
+    /// Drained and replaced because the job's spec changed since it started.
+    Updated,
 }
 
 impl RestartReason {
     /// Every reason, in a stable order.
-    pub const ALL: [RestartReason; 7] = [
+    pub const ALL: [RestartReason; 8] = [
         RestartReason::MemorySoft,
         RestartReason::MemoryHard,
         RestartReason::Recycled,
@@ -60,10 +63,11 @@ impl RestartReason {
         RestartReason::Crashed,
         RestartReason::Evicted,
         RestartReason::ScaledDown,
+        RestartReason::Updated,
     ];
 
     /// The reason's name: `memory-soft`, `memory-hard`, `recycled`, `oom-killed`, `crashed`,
-    /// `evicted` or `scaled-down`.
+    /// `evicted`, `scaled-down` or `updated`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -74,6 +78,7 @@ impl RestartReason {
             RestartReason::Crashed => "crashed",
             RestartReason::Evicted => "evicted",
             RestartReason::ScaledDown => "scaled-down",
+            RestartReason::Updated => "updated",
         }
     }
 
@@ -157,6 +162,9 @@ pub struct Worker {
     pub tasks_done: u64,
     /// Latest memory reading, if any.
     pub memory: Option<MemoryReading>,
+    /// Started from an older spec than the job's current one: it is drained and replaced
+    /// (reason `updated`), at most `memory.maxConcurrentRestarts` at a time.
+    pub outdated: bool,
 }
 
 /// The queue, as read from Redis.
@@ -473,7 +481,7 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
                     worker: w.name.clone(),
                 }));
             }
-            if let Some(c) = recycle_candidate(settings, w) {
+            if let Some(c) = routine_candidate(settings, w) {
                 candidates.push(c);
             }
             continue;
@@ -507,16 +515,20 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
             }
             continue;
         }
-        if let Some(c) = recycle_candidate(settings, w) {
+        if let Some(c) = routine_candidate(settings, w) {
             candidates.push(c);
         }
     }
     if active >= 2 && over_soft == active {
         actions.push(Action::Report(Report::AllOverSoftLimit { workers: active }));
     }
-    // Memory first (highest usage first), then recycling (most tasks first).
+    // Memory first (highest usage first), then updates, then recycling (most tasks first).
     candidates.sort_by(|a, b| {
-        let rank = |r: RestartReason| u8::from(r != RestartReason::MemorySoft);
+        let rank = |r: RestartReason| match r {
+            RestartReason::MemorySoft => 0u8,
+            RestartReason::Updated => 1,
+            _ => 2,
+        };
         rank(a.1)
             .cmp(&rank(b.1))
             .then(b.3.cmp(&a.3))
@@ -527,7 +539,9 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
         .filter(|w| {
             matches!(
                 w.state,
-                WorkerState::Draining(RestartReason::MemorySoft | RestartReason::Recycled)
+                WorkerState::Draining(
+                    RestartReason::MemorySoft | RestartReason::Recycled | RestartReason::Updated
+                )
             )
         })
         .count();
@@ -636,6 +650,22 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
 
 fn usage(w: &Worker) -> u64 {
     w.memory.map_or(0, |m| m.usage_bytes)
+}
+
+/// A worker to drain for a routine reason: an outdated spec first, then its task count.
+fn routine_candidate<'a>(
+    settings: &Settings,
+    w: &'a Worker,
+) -> Option<(&'a Worker, RestartReason, Option<u64>, u64)> {
+    if w.outdated {
+        return Some((
+            w,
+            RestartReason::Updated,
+            w.memory.map(|m| m.usage_bytes),
+            w.tasks_done,
+        ));
+    }
+    recycle_candidate(settings, w)
 }
 
 fn recycle_candidate<'a>(

@@ -36,6 +36,7 @@ fn worker(name: &str) -> Worker {
             limit_bytes: Some(1000),
             age: S,
         }),
+        outdated: false,
     }
 }
 
@@ -512,6 +513,44 @@ fn recycling_after_n_tasks_takes_the_memory_path() {
 }
 
 #[test]
+fn a_spec_change_rolls_outdated_workers_one_budget_at_a_time_memory_first() {
+    let outdated = |name: &str| {
+        let mut w = worker(name);
+        w.outdated = true;
+        w
+    };
+    // Two outdated workers, a budget of one: one is drained (its replacement starts first),
+    // the other waits.
+    let d = run(
+        &settings(),
+        &obs(vec![outdated("a"), outdated("b"), worker("c")], 250),
+    );
+    assert_eq!(drains(&d), vec![("a".to_owned(), RestartReason::Updated)]);
+    assert_eq!(starts(&d), 1, "the replacement starts first");
+    assert!(d.actions.iter().any(|a| matches!(
+        a,
+        Action::Report(Report::RestartsThrottled { waiting }) if waiting == &vec!["b".to_owned()]
+    )));
+    // A worker draining for the update holds the budget.
+    let mut draining = outdated("a");
+    draining.state = WorkerState::Draining(RestartReason::Updated);
+    let d = run(
+        &settings(),
+        &obs(vec![draining, outdated("b"), worker("c")], 250),
+    );
+    assert!(drains(&d).is_empty(), "{:?}", d.actions);
+    // Memory goes before an update.
+    let d = run(
+        &settings(),
+        &obs(vec![outdated("a"), using(worker("b"), 850)], 150),
+    );
+    assert_eq!(
+        drains(&d),
+        vec![("b".to_owned(), RestartReason::MemorySoft)]
+    );
+}
+
+#[test]
 fn exited_workers_are_reaped_with_their_reason() {
     let exited =
         |code: Option<i32>, signal: Option<i32>, oom: bool, asked: Option<RestartReason>| {
@@ -696,7 +735,8 @@ fn restart_reasons_have_their_documented_names() {
             "oom-killed",
             "crashed",
             "evicted",
-            "scaled-down"
+            "scaled-down",
+            "updated"
         ]
     );
     for r in RestartReason::ALL {

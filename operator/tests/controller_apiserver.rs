@@ -514,6 +514,65 @@ async fn scaling_through_the_scale_subresource_changes_the_pod_count() {
     h.finish().await;
 }
 
+/// Editing the spec rolls every worker (reason `updated`) to pods built from the new spec;
+/// scaling does not restart any.
+#[tokio::test]
+async fn a_spec_edit_rolls_the_workers_and_scaling_does_not() {
+    let h = Harness::start("mjt-roll").await;
+    let queue = unique_name("mjq");
+    let mut s = spec(&queue);
+    s.replicas = Some(2);
+    h.create_job("rolled", s).await;
+    let first = h.wait_for_pods("rolled", 2).await;
+
+    h.jobs()
+        .patch_scale(
+            "rolled",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .expect("scale to 3");
+    let scaled = h.wait_for_pods("rolled", 3).await;
+    assert!(scaled.is_superset(&first), "scaling kept the running pods");
+
+    h.jobs()
+        .patch(
+            "rolled",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"workers": {"concurrency": 3}}})),
+        )
+        .await
+        .expect("edit the spec");
+    let status = h
+        .wait_for_status("rolled", "three workers replaced for the edit", |s| {
+            s.restarts.updated == 3 && s.replicas == 3
+        })
+        .await;
+    assert_eq!(status.restarts.scaled_down, 0);
+    let pods: Api<Pod> = Api::namespaced(h.admin.clone(), &h.ns);
+    let now = h.wait_for_pods("rolled", 3).await;
+    assert!(now.is_disjoint(&scaled), "every pod was replaced: {now:?}");
+    let mut hashes = BTreeSet::new();
+    for name in &now {
+        let pod = pods.get(name).await.expect("get pod");
+        let hash = pod
+            .annotations()
+            .get("migrate-operator.io/template-hash")
+            .cloned();
+        hashes.insert(hash.expect("template hash annotation"));
+    }
+    assert_eq!(hashes.len(), 1, "one template: {hashes:?}");
+    let events = h.events_of("rolled").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Updated")),
+        "an Updated event"
+    );
+    h.finish().await;
+}
+
 /// A pod that ends OOM-killed is counted (status and Degraded with a suggestion), its
 /// processing list goes back on the queue, and it is replaced by a new pod.
 #[tokio::test]

@@ -36,6 +36,9 @@ pub const STOP_REASON: &str = "migrate-operator.io/stop-reason";
 pub const REAPED: &str = "migrate-operator.io/reaped";
 /// The spec generation a pod was built from.
 pub const GENERATION: &str = "migrate-operator.io/generation";
+/// The [`template_hash`] of the spec a pod was built from: a pod whose hash differs from the
+/// job's current one is replaced (restart reason `updated`).
+pub const TEMPLATE_HASH: &str = "migrate-operator.io/template-hash";
 
 /// Where the pipeline file is mounted.
 pub const PIPELINE_PATH: &str = "/etc/migrate/pipeline.yaml";
@@ -63,6 +66,9 @@ pub enum BuildError {
         #[source]
         source: PipelineError,
     },
+    /// The spec could not be written as JSON for its digest.
+    #[error("cannot write the spec as JSON for its template hash")]
+    Serialize(#[source] serde_json::Error),
 }
 
 /// The labels every worker pod of `job` carries.
@@ -235,6 +241,29 @@ fn http_probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// A digest of everything in the spec that a running worker depends on: the spec without the
+/// fields only the operator reads to size the pool (`replicas`, `workers.minReplicas`,
+/// `workers.maxReplicas`, `workers.targetBacklogPerWorker`,
+/// `workers.scaleDownStabilizationSeconds`, `workers.drainSettleSeconds`). Scaling, by hand
+/// or by an autoscaler, therefore never restarts a worker; any other edit rolls them. 16 hex
+/// digits of SHA-256 over the spec's JSON.
+///
+/// # Errors
+/// [`BuildError::Serialize`] if the spec cannot be written as JSON.
+pub fn template_hash(job: &MigrateJob) -> Result<String, BuildError> {
+    use sha2::{Digest, Sha256};
+    let mut spec = job.spec.clone();
+    spec.replicas = None;
+    spec.workers.min_replicas = 0;
+    spec.workers.max_replicas = 0;
+    spec.workers.target_backlog_per_worker = 0;
+    spec.workers.scale_down_stabilization_seconds = 0;
+    spec.workers.drain_settle_seconds = 0;
+    let json = serde_json::to_vec(&spec).map_err(BuildError::Serialize)?;
+    let digest = Sha256::digest(&json);
+    Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
 /// A worker pod of the job (named by the API server from [`pod_prefix`]).
 ///
 /// # Errors
@@ -382,6 +411,7 @@ pub fn worker_pod(job: &MigrateJob) -> Result<Pod, BuildError> {
     if let Some(generation) = job.metadata.generation {
         annotations.insert(GENERATION.to_owned(), generation.to_string());
     }
+    annotations.insert(TEMPLATE_HASH.to_owned(), template_hash(job)?);
     Ok(Pod {
         metadata: ObjectMeta {
             generate_name: Some(pod_prefix(id.name)),

@@ -24,6 +24,28 @@ fn job() -> MigrateJob {
     job
 }
 
+/// Scaling (by hand, by an autoscaler or by the backlog settings) keeps the template hash, so
+/// it never restarts a worker; an edit a worker depends on changes it.
+#[test]
+fn the_template_hash_ignores_scaling_fields_and_follows_everything_else() {
+    let base = template_hash(&job()).unwrap();
+    assert_eq!(base.len(), 16);
+    let mut scaled = job();
+    scaled.spec.replicas = Some(7);
+    scaled.spec.workers.min_replicas = 2;
+    scaled.spec.workers.max_replicas = 9;
+    scaled.spec.workers.target_backlog_per_worker = 5;
+    scaled.spec.workers.scale_down_stabilization_seconds = 1;
+    scaled.spec.workers.drain_settle_seconds = 1;
+    assert_eq!(template_hash(&scaled).unwrap(), base);
+    let mut edited = job();
+    edited.spec.workers.concurrency += 1;
+    assert_ne!(template_hash(&edited).unwrap(), base);
+    let mut edited = job();
+    edited.spec.workers.image.push_str("-next");
+    assert_ne!(template_hash(&edited).unwrap(), base);
+}
+
 fn container(pod: &Pod) -> &Container {
     &pod.spec.as_ref().unwrap().containers[0]
 }
@@ -195,6 +217,10 @@ fn the_pod_is_owned_labelled_and_annotated() {
         Some("0")
     );
     assert_eq!(annotations.get(GENERATION).map(String::as_str), Some("4"));
+    assert_eq!(
+        annotations.get(TEMPLATE_HASH),
+        Some(&template_hash(&job()).unwrap())
+    );
     assert_eq!(
         pod.metadata.generate_name.as_deref(),
         Some("articles-worker-")

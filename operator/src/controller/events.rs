@@ -75,6 +75,7 @@ pub fn restart_event_reason(reason: RestartReason) -> &'static str {
         RestartReason::Crashed => "Crashed",
         RestartReason::Evicted => "Evicted",
         RestartReason::ScaledDown => "ScaledDown",
+        RestartReason::Updated => "Updated",
     }
 }
 
@@ -119,6 +120,10 @@ pub fn stopping(
             memory_bytes.map_or_else(String::new, |b| format!(" ({})", mib(b)))
         ),
         RestartReason::Recycled => "it finished workers.recycleAfterTasks tasks".to_owned(),
+        RestartReason::Updated => {
+            "it runs an older spec of the job; a replacement with the current one starts first"
+                .to_owned()
+        }
         other => other.as_str().to_owned(),
     };
     let note = format!("worker {worker} {how}: {why}");

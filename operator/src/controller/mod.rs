@@ -850,11 +850,19 @@ async fn reconcile_job(
             .and_then(|v| v.in_flight.get(n).copied())
             .unwrap_or(0)
     };
+    let template_hash = build::template_hash(job).unwrap_or_default();
     let workers: Vec<policy::Worker> = pods
         .iter()
         .map(|p| {
             let n = p.name_any();
-            observe::to_worker(p, in_flight_of(&n), mem.readings.get(&n), wall, instant)
+            observe::to_worker(
+                p,
+                &template_hash,
+                in_flight_of(&n),
+                mem.readings.get(&n),
+                wall,
+                instant,
+            )
         })
         .collect();
     let backlog = view.as_ref().map(|v| v.backlog);

@@ -497,10 +497,12 @@ pub fn exit_status(pod: &Pod) -> Option<ExitStatus> {
     })
 }
 
-/// The policy's view of one pod.
+/// The policy's view of one pod; `template_hash` is the job's current
+/// [`build::template_hash`](super::build::template_hash) (empty: unknown, nothing is outdated).
 #[must_use]
 pub fn to_worker(
     pod: &Pod,
+    template_hash: &str,
     in_flight: u64,
     reading: Option<&Scraped>,
     wall_now: Timestamp,
@@ -535,6 +537,12 @@ pub fn to_worker(
             limit_bytes: r.limit_bytes,
             age: now.saturating_duration_since(r.at),
         }),
+        outdated: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::build::TEMPLATE_HASH))
+            .is_some_and(|h| !template_hash.is_empty() && h != template_hash),
     }
 }
 
@@ -586,7 +594,7 @@ mod tests {
             "name": "w", "deletionTimestamp": "2026-01-01T00:00:00Z",
             "annotations": {STOP_REASON: "scaled-down"}
         }}));
-        let w = to_worker(&deleting, 2, None, Timestamp::now(), Instant::now());
+        let w = to_worker(&deleting, "", 2, None, Timestamp::now(), Instant::now());
         assert_eq!(w.state, WorkerState::Draining(RestartReason::ScaledDown));
         assert_eq!(w.in_flight, 2);
     }

@@ -116,6 +116,7 @@ impl Counters {
             RestartReason::Crashed => &mut r.crashed,
             RestartReason::Evicted => &mut r.evicted,
             RestartReason::ScaledDown => &mut r.scaled_down,
+            RestartReason::Updated => &mut r.updated,
         };
         *slot += 1;
     }

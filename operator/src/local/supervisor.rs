@@ -84,6 +84,7 @@ impl Tracked {
                     limit_bytes,
                     age: now.saturating_sub(at),
                 }),
+            outdated: false,
         }
     }
 
