@@ -1,9 +1,9 @@
 //! The `MigrateJob` custom resource of migrate-operator.
 //!
-//! The Rust types here are the single source of the API: the CRD YAML in `crds/` is generated
-//! from them (`cargo run -p migrate-crds --bin crdgen`), the operator reconciles them, and the
-//! worker reads its pipeline file through them, so the custom resource and the worker cannot
-//! disagree.
+//! The Rust types here are the single source of the API: the CRD YAML in `crds/` (and its copy
+//! in the Helm chart) is generated from them (`cargo run -p migrate-crds --bin crdgen --
+//! --write`), the operator reconciles them, and the worker reads its pipeline file through
+//! them, so the custom resource and the worker cannot disagree.
 //!
 //! ```
 //! use kube::CustomResourceExt;
@@ -29,6 +29,6 @@ use kube::CustomResourceExt;
 pub fn crd_yaml() -> Result<String, serde_saphyr::ser_error::Error> {
     let body = serde_saphyr::to_string(&MigrateJob::crd())?;
     Ok(format!(
-        "# Generated from the Rust types in crds/src by `cargo run -p migrate-crds --bin crdgen`.\n# Do not edit by hand: a test fails when this file and the types disagree.\n{body}"
+        "# Generated from the Rust types in crds/src by `cargo run -p migrate-crds --bin crdgen -- --write`.\n# Do not edit by hand: a test fails when this file and the types disagree.\n{body}"
     ))
 }

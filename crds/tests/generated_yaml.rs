@@ -9,7 +9,7 @@ fn committed_crd_yaml_matches_the_types() {
     similar_asserts::assert_eq!(
         committed,
         generated,
-        "crds/migratejob.yaml is stale: run `cargo run -p migrate-crds --bin crdgen > crds/migratejob.yaml`"
+        "crds/migratejob.yaml is stale: run `cargo run -p migrate-crds --bin crdgen -- --write`"
     );
 }
 
