@@ -101,35 +101,37 @@ const REQUEUE_WAIT: Duration = Duration::from_secs(2);
 /// Flags of `migrate-operator run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControllerArgs {
-    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    /// Address of the operator's /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "MIGRATE_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Reconcile only the MigrateJobs of this namespace (default: every namespace).
+    /// Reconcile only the MigrateJobs of this namespace [default: every namespace].
     #[arg(long, env = "MIGRATE_OPERATOR_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Run without leader election (only ever one replica!).
+    /// Run without leader election. Only for a single replica: two replicas without it would
+    /// both act on every job.
     #[arg(long)]
     pub no_leader_election: bool,
-    /// Name of the Lease used for leader election.
+    /// Name of the Lease the replicas elect a leader with.
     #[arg(
         long,
         env = "MIGRATE_OPERATOR_LEASE",
         default_value = "migrate-operator"
     )]
     pub lease_name: String,
-    /// Namespace of the Lease (default: the operator's own namespace, `POD_NAMESPACE`).
+    /// Namespace of the Lease [default: the operator's own namespace, from POD_NAMESPACE].
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
-    /// This replica's identity in the election (default: `POD_NAME`, else host name and pid).
+    /// This replica's name in the election [default: POD_NAME, else host name and pid].
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// Seconds a Lease stays valid after its last renewal.
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
-    /// Seconds a leader keeps leading without renewing (below the lease duration).
+    /// Seconds a leader goes on leading without a successful renewal before it steps down;
+    /// less than --lease-duration-seconds.
     #[arg(long, default_value_t = 10)]
     pub renew_deadline_seconds: u64,
-    /// Seconds between two election rounds.
+    /// Seconds between two attempts to acquire or renew the Lease.
     #[arg(long, default_value_t = 2)]
     pub retry_period_seconds: u64,
 }
@@ -788,6 +790,7 @@ async fn reconcile_job(
     for pod in &mut pods {
         if pod.metadata.deletion_timestamp.is_some()
             && observe::stop_reason(pod).is_none()
+            && !observe::already_reaped(pod)
             && observe::exit_status(pod).is_none()
         {
             let pod_name = pod.name_any();
@@ -1009,6 +1012,12 @@ async fn reconcile_job(
         for pod in &pods {
             let pod_name = pod.name_any();
             if !deleted.contains(&pod_name) && pod.metadata.deletion_timestamp.is_none() {
+                // Recorded as finished (no restart) first, so that its deletion is not taken
+                // for an eviction by a later round.
+                let finished = BTreeMap::from([(build::REAPED.to_owned(), "finished".to_owned())]);
+                apply::annotate(&pods_api, &namespace, &pod_name, &finished)
+                    .await
+                    .map_err(apply_err)?;
                 apply::delete_pod(&pods_api, &namespace, &pod_name, None)
                     .await
                     .map_err(apply_err)?;
@@ -1130,8 +1139,11 @@ async fn reconcile_job(
     }
 
     // Remember and measure.
+    // A pod being deleted was counted when its deletion was seen (under its stop reason, or as
+    // evicted), so it is not counted again as vanished once its kubelet removes it.
     mem.known_pods = survivors
         .iter()
+        .filter(|w| !matches!(w.state, WorkerState::Draining(_)))
         .map(|w| w.name.clone())
         .chain(created)
         .collect();

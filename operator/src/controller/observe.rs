@@ -355,8 +355,13 @@ fn gauge(values: &HashMap<String, f64>, key: &str) -> Option<u64> {
 pub fn parse_scrape(text: &str, at: Instant) -> Scraped {
     let values = parse_text(text);
     let rss = gauge(&values, "migrate_process_resident_memory_bytes").unwrap_or(0);
-    let cgroup = gauge(&values, "migrate_cgroup_memory_bytes").unwrap_or(0);
     let limit = gauge(&values, "migrate_cgroup_memory_limit_bytes").filter(|l| *l > 0);
+    // A container's own cgroup is never charged more than its limit (the kernel reclaims or
+    // OOM-kills first): a larger figure is a cgroup shared with other processes (a worker
+    // outside a pod cgroup of its own), not this worker's memory, and is ignored.
+    let cgroup = gauge(&values, "migrate_cgroup_memory_bytes")
+        .filter(|c| limit.is_none_or(|l| *c <= l))
+        .unwrap_or(0);
     let tasks_done = gauge(&values, "migrate_tasks_done").unwrap_or_else(|| {
         values
             .iter()
@@ -614,5 +619,13 @@ mod tests {
         assert_eq!(s.tasks_done, 42);
         assert_eq!(s.in_flight, 3);
         assert_eq!(s.retained.get("enrich"), Some(&77));
+    }
+
+    #[test]
+    fn a_cgroup_charge_above_the_workers_limit_is_a_shared_cgroup_and_ignored() {
+        let text = "migrate_process_resident_memory_bytes 100\n\
+            migrate_cgroup_memory_bytes 4000000000\n\
+            migrate_cgroup_memory_limit_bytes 1000\n";
+        assert_eq!(parse_scrape(text, Instant::now()).usage_bytes, 100);
     }
 }
