@@ -40,6 +40,10 @@ pub const GENERATION: &str = "migrate-operator.io/generation";
 /// job's current one is replaced (restart reason `updated`).
 pub const TEMPLATE_HASH: &str = "migrate-operator.io/template-hash";
 
+/// The container's `terminationMessagePath`, also given to the worker as
+/// `MIGRATE_TERMINATION_LOG` so it writes its exit reason there.
+pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+
 /// Where the pipeline file is mounted.
 pub const PIPELINE_PATH: &str = "/etc/migrate/pipeline.yaml";
 /// The key of the pipeline in its ConfigMap.
@@ -298,6 +302,10 @@ pub fn worker_pod(job: &MigrateJob) -> Result<Pod, BuildError> {
     });
     env.push(plain_env("MIGRATE_LISTEN", format!("0.0.0.0:{port}")));
     env.push(plain_env("MIGRATE_KEYWORDS_DIR", KEYWORDS_DIR.to_owned()));
+    env.push(plain_env(
+        "MIGRATE_TERMINATION_LOG",
+        TERMINATION_MESSAGE_PATH.to_owned(),
+    ));
     let has_memory_limit = workers
         .resources
         .as_ref()
@@ -403,6 +411,7 @@ pub fn worker_pod(job: &MigrateJob) -> Result<Pod, BuildError> {
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
+        termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_owned()),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
     };

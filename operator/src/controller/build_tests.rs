@@ -138,12 +138,22 @@ fn secrets_reach_the_pod_only_by_secret_key_ref() {
     for e in env {
         if e.value.is_some() {
             assert!(
-                ["MIGRATE_LISTEN", "MIGRATE_KEYWORDS_DIR"].contains(&e.name.as_str()),
+                [
+                    "MIGRATE_LISTEN",
+                    "MIGRATE_KEYWORDS_DIR",
+                    "MIGRATE_TERMINATION_LOG"
+                ]
+                .contains(&e.name.as_str()),
                 "{} carries a literal value",
                 e.name
             );
         }
     }
+    assert_eq!(
+        by_name("MIGRATE_TERMINATION_LOG").value.as_deref(),
+        container(&pod).termination_message_path.as_deref(),
+        "the worker writes its exit reason where the kubelet reads it"
+    );
     let text = serde_json::to_string(&pod).unwrap();
     for needle in ["redis://", "mysql://", "password@", "http://", "https://"] {
         assert!(!text.contains(needle), "the pod contains {needle:?}");
