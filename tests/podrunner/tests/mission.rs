@@ -410,7 +410,6 @@ struct World {
     env: TestEnv,
     admin: Client,
     ns: String,
-    db_name: String,
     db_url: String,
     data: datagen::Generated,
     queue: String,
@@ -449,14 +448,25 @@ impl World {
         let worker_bin = workspace_bin("migrate-worker", "migrate-worker");
         let dir = tempfile::tempdir().unwrap();
         let ns = unique_name(name).replace('_', "-");
-        let guard = Cleanup {
+        let mut guard = Cleanup {
             kubeconfig: kubeconfig.clone(),
             ns: ns.clone(),
+            data: None,
         };
         let operator_config = operator_kubeconfig(&admin, &kc, &ns).await;
 
         let prepare = Instant::now();
         let db_name = unique_name(&format!("migrate_{name}"));
+        let queue = unique_name(name);
+        let index = unique_name(name);
+        guard.data = Some(DataNames {
+            redis_url: env.redis_url.clone(),
+            queue: queue.clone(),
+            es_url: env.es_url.clone(),
+            index: index.clone(),
+            mysql_url: env.mysql_url.clone(),
+            db_name: db_name.clone(),
+        });
         let db_url = datagen::create_database(&env.mysql_url, &db_name).await;
         let data = datagen::load(
             &db_url,
@@ -468,8 +478,6 @@ impl World {
         .await;
         let keyword_dir = dir.path().join("keywords");
         datagen::write_keyword_files(&keyword_dir, &data);
-        let queue = unique_name(name);
-        let index = unique_name(name);
         create_index(&env.es_url, &index).await;
         eprintln!(
             "prepared {articles} articles ({} blacklisted) in {:.1}s",
@@ -559,7 +567,6 @@ impl World {
             admin,
             ns,
             _dir: dir,
-            db_name,
             db_url,
             data,
             queue,
@@ -609,24 +616,11 @@ impl World {
         )
     }
 
-    /// Stops the processes and removes the queue keys, the index, the database and the
-    /// namespace.
+    /// Stops the processes and removes the namespace, the queue keys, the index and the
+    /// database.
     async fn finish(mut self) {
         self.operator.stop(Duration::from_secs(10));
         self.runner.stop(Duration::from_secs(15));
-        let q = &self.queue;
-        let () = redis::cmd("DEL")
-            .arg(q)
-            .arg(format!("{q}:counts"))
-            .arg(format!("{q}:stats"))
-            .arg(format!("{q}:dead"))
-            .arg(format!("{q}:attempts"))
-            .arg(format!("{q}:workers"))
-            .query_async(&mut self.conn)
-            .await
-            .unwrap();
-        search::delete_index(&self.env.es_url, &self.index).await;
-        datagen::drop_database(&self.env.mysql_url, &self.db_name).await;
         self.guard.run().await;
     }
 }
@@ -1004,6 +998,15 @@ async fn a_scaled_down_worker_is_stopped_gracefully_and_counted_once() {
         ended.len() == 1 && ended[0].contains("exit_code=0"),
         "the stopped worker drains and exits 0 on SIGTERM: {ended:?}"
     );
+    // Its termination message went to the file its pod names (rewritten per pod).
+    let message = std::fs::read_to_string(
+        w.state
+            .join("pods")
+            .join(format!("{}_{stopped}", w.ns))
+            .join("worker.termination-log"),
+    )
+    .unwrap_or_default();
+    assert!(message.starts_with("drained"), "{message:?}");
     let events = w.events_of("scaled").await;
     assert!(
         events
@@ -1014,34 +1017,67 @@ async fn a_scaled_down_worker_is_stopped_gracefully_and_counted_once() {
     w.finish().await;
 }
 
-/// Removes the namespace when the test ends, also when it fails (best effort, from `Drop`).
+/// Removes what a test created when it ends, also when it fails (best effort, from `Drop`):
+/// the namespace, and the queue keys, index and database once they exist.
 struct Cleanup {
     kubeconfig: PathBuf,
     ns: String,
+    data: Option<DataNames>,
 }
 
-async fn remove_namespace_with(kubeconfig: &Path, ns: &str) {
+/// Where a test's data lives.
+#[derive(Clone)]
+struct DataNames {
+    redis_url: String,
+    queue: String,
+    es_url: String,
+    index: String,
+    mysql_url: String,
+    db_name: String,
+}
+
+async fn remove_all(kubeconfig: &Path, ns: &str, data: Option<&DataNames>) {
     let (admin, _) = admin_client(kubeconfig).await;
     remove_namespace(&admin, ns).await;
+    let Some(d) = data else {
+        return;
+    };
+    let mut conn = redis(&d.redis_url).await;
+    let q = &d.queue;
+    let _: Result<(), _> = redis::cmd("DEL")
+        .arg(q)
+        .arg(format!("{q}:counts"))
+        .arg(format!("{q}:stats"))
+        .arg(format!("{q}:dead"))
+        .arg(format!("{q}:attempts"))
+        .arg(format!("{q}:workers"))
+        .query_async(&mut conn)
+        .await;
+    search::delete_index(&d.es_url, &d.index).await;
+    datagen::drop_database(&d.mysql_url, &d.db_name).await;
 }
 
 impl Cleanup {
-    async fn run(self) {
-        remove_namespace_with(&self.kubeconfig, &self.ns).await;
-        std::mem::forget(self);
+    async fn run(mut self) {
+        let data = self.data.take();
+        remove_all(&self.kubeconfig, &self.ns, data.as_ref()).await;
+        self.ns.clear();
     }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let (kubeconfig, ns) = (self.kubeconfig.clone(), self.ns.clone());
+        if self.ns.is_empty() {
+            return;
+        }
+        let (kubeconfig, ns, data) = (self.kubeconfig.clone(), self.ns.clone(), self.data.take());
         // A failing test: clean up on a thread and runtime of its own.
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                rt.block_on(remove_namespace_with(&kubeconfig, &ns));
+                rt.block_on(remove_all(&kubeconfig, &ns, data.as_ref()));
             }
         })
         .join();
