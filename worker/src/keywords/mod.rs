@@ -8,8 +8,10 @@
 //!    a hit drops the document, which is then left untouched (no hits, no counts, no summary);
 //! 2. matches the remaining sets over their fields (dotted paths; string values, arrays of
 //!    strings, and through arrays of objects);
-//! 3. writes the hits of every set that has any under `keywords.<set>` as `{keyword: hits}`;
-//!    a set without hits writes nothing, so an absent key means "no hit";
+//! 3. writes the hits of every set that has any under `keywords.<set>` as an array of
+//!    `{"keyword": k, "count": n}` objects, most hits first, ties by keyword (byte order); a
+//!    set without hits writes nothing, so an absent key means "no hit". The array keeps the
+//!    index mapping bounded (two fields per set, however many distinct keywords hit);
 //! 4. returns `("<set>:<keyword>", hits)` pairs for the sets with `count: true`, to be added to
 //!    the Redis counts hash exactly once by the acknowledgement;
 //! 5. writes the summary (see [`summarize`]).
@@ -29,10 +31,13 @@
 //! let lists = HashMap::from([("topics.txt".to_owned(), vec!["中国".to_owned(), "中国人".to_owned()])]);
 //! let keywords = Keywords::from_lists(&spec, &lists).unwrap();
 //!
-//! let mut doc = serde_json::json!({"body": "中国人在中国"}).as_object().unwrap().clone();
+//! let mut doc = serde_json::json!({"body": "中国人在中国，中国"}).as_object().unwrap().clone();
 //! let verdict = keywords.apply(&mut doc);
-//! assert_eq!(doc["keywords"]["topics"], serde_json::json!({"中国": 1, "中国人": 1}));
-//! assert_eq!(verdict.counts, vec![("topics:中国".to_owned(), 1), ("topics:中国人".to_owned(), 1)]);
+//! assert_eq!(
+//!     doc["keywords"]["topics"],
+//!     serde_json::json!([{"keyword": "中国", "count": 2}, {"keyword": "中国人", "count": 1}])
+//! );
+//! assert_eq!(verdict.counts, vec![("topics:中国".to_owned(), 2), ("topics:中国人".to_owned(), 1)]);
 //! ```
 //!
 //! Resource use, measured by `cargo bench -p migrate-worker --bench keywords` with 10,000
@@ -65,6 +70,10 @@ use crate::task::Document;
 
 /// Top-level document field the hits are written under.
 pub const HITS_FIELD: &str = "keywords";
+/// Field of a hit entry holding the keyword (as written in the keyword file).
+pub const HIT_KEYWORD: &str = "keyword";
+/// Field of a hit entry holding how many times the keyword matched in the document.
+pub const HIT_COUNT: &str = "count";
 
 /// Why keyword sets could not be loaded or compiled. Each names the set and the file.
 #[derive(Debug, thiserror::Error)]
@@ -377,7 +386,7 @@ impl Keywords {
             && let Some(out) = object_entry(doc, HITS_FIELD)
         {
             for (set, hits) in found {
-                let mut per_keyword = Map::new();
+                let mut per_keyword: Vec<(&String, u64)> = Vec::with_capacity(hits.len());
                 for (id, n) in hits {
                     let Some(keyword) = set.keywords.get(id as usize) else {
                         continue;
@@ -385,9 +394,9 @@ impl Keywords {
                     if set.count {
                         counts.push((format!("{}:{keyword}", set.name), n));
                     }
-                    per_keyword.insert(keyword.clone(), Value::from(n));
+                    per_keyword.push((keyword, n));
                 }
-                out.insert(set.name.clone(), Value::Object(per_keyword));
+                out.insert(set.name.clone(), hits_value(per_keyword));
             }
         }
 
@@ -462,6 +471,26 @@ impl CompiledSet {
         }
         hits
     }
+}
+
+/// The hits of one set as stored in the document: `[{"keyword": k, "count": n}, ...]`, most
+/// hits first and then by keyword (byte order), so the same text always gives the same array.
+///
+/// An array of two-field objects keeps the index mapping at two fields per set however many
+/// distinct keywords hit; an object keyed by keyword would add a mapped field per keyword and
+/// soon pass the index's field limit (1,000 by default).
+fn hits_value(mut hits: Vec<(&String, u64)>) -> Value {
+    hits.sort_unstable_by(|(ka, na), (kb, nb)| nb.cmp(na).then_with(|| ka.cmp(kb)));
+    Value::Array(
+        hits.into_iter()
+            .map(|(keyword, n)| {
+                let mut entry = Map::with_capacity(2);
+                entry.insert(HIT_KEYWORD.to_owned(), Value::String(keyword.clone()));
+                entry.insert(HIT_COUNT.to_owned(), Value::from(n));
+                Value::Object(entry)
+            })
+            .collect(),
+    )
 }
 
 /// Trimmed, non-empty keywords without repeats (compared ASCII-case-insensitively when the set

@@ -48,8 +48,57 @@ fn hits_of(set_options: Value, words: &[&str], body: &str) -> Value {
     assert_eq!(verdict.dropped_by, None);
     d.get(HITS_FIELD)
         .and_then(|k| k.get("s"))
-        .cloned()
-        .unwrap_or(Value::Null)
+        .map_or(Value::Null, keyword_map)
+}
+
+/// A set's hits array as `{keyword: count}`, for comparing with tables, after checking that
+/// the array has the stored shape: `{"keyword", "count"}` entries, most hits first, ties by
+/// keyword, no keyword twice.
+fn keyword_map(hits: &Value) -> Value {
+    let entries = hits
+        .as_array()
+        .unwrap_or_else(|| panic!("hits are an array, not {hits}"));
+    let mut map = serde_json::Map::new();
+    let mut previous: Option<(u64, &str)> = None;
+    for entry in entries {
+        let object = entry.as_object().unwrap();
+        assert_eq!(object.len(), 2, "entry {entry}");
+        let keyword = object[HIT_KEYWORD].as_str().unwrap();
+        let count = object[HIT_COUNT].as_u64().unwrap();
+        assert!(count > 0, "entry {entry}");
+        if let Some((c, k)) = previous {
+            assert!(
+                c > count || (c == count && k < keyword),
+                "{hits} is not sorted by count, then keyword"
+            );
+        }
+        previous = Some((count, keyword));
+        assert!(
+            map.insert(keyword.to_owned(), json!(count)).is_none(),
+            "{keyword} twice in {hits}"
+        );
+    }
+    Value::Object(map)
+}
+
+/// The stored shape: an array of `{"keyword", "count"}`, most hits first, ties in keyword
+/// order, whatever the order of the keyword file or of the text.
+#[test]
+fn hits_are_stored_as_an_array_sorted_by_count_then_keyword() {
+    let words: &[&str] = &["乙", "甲", "丙", "丁"];
+    let s = spec(json!({"sets": [{"name": "s", "file": "f", "fields": ["body"]}]}));
+    let keywords = Keywords::from_lists(&s, &lists(&[("f", words)])).unwrap();
+    let mut d = doc(json!({"body": "丁甲乙丙乙丁乙"}));
+    let _ = keywords.apply(&mut d);
+    assert_eq!(
+        d[HITS_FIELD]["s"],
+        json!([
+            {"keyword": "乙", "count": 3},
+            {"keyword": "丁", "count": 2},
+            {"keyword": "丙", "count": 1},
+            {"keyword": "甲", "count": 1},
+        ])
+    );
 }
 
 /// Leftmost-longest: at one position the longest keyword wins, and a match is not counted
@@ -172,7 +221,11 @@ fn counts_are_returned_only_for_sets_that_count() {
     );
     assert_eq!(
         d[HITS_FIELD],
-        json!({"topics": {"经济": 1}, "brands": {"华为": 2, "小米": 1}, "quiet": {"华为": 2, "小米": 1}})
+        json!({
+            "topics": [{"keyword": "经济", "count": 1}],
+            "brands": [{"keyword": "华为", "count": 2}, {"keyword": "小米", "count": 1}],
+            "quiet": [{"keyword": "华为", "count": 2}, {"keyword": "小米", "count": 1}],
+        })
     );
 }
 
@@ -192,7 +245,10 @@ fn nested_fields_and_arrays_are_matched() {
         "body": "中国中国",
     }));
     let verdict = keywords.apply(&mut d);
-    assert_eq!(d[HITS_FIELD]["k"], json!({"中国": 2, "中国人": 1}));
+    assert_eq!(
+        keyword_map(&d[HITS_FIELD]["k"]),
+        json!({"中国": 2, "中国人": 1})
+    );
     assert_eq!(verdict.counts, counts(&[("k:中国", 2), ("k:中国人", 1)]));
 }
 

@@ -22,6 +22,28 @@ use migrate_e2e::search;
 const USAGE: &str = "usage: demo-prepare [--articles N] [--dir DIR] [--database NAME] [--queue KEY] \
 [--index NAME] [--workers N] [--memory-limit SIZE] [--leak-bytes N] [--leak-stage STAGE]";
 
+const HELP: &str = "\
+Makes the demo's data and job from scratch on the testbed's services: drops and recreates the
+database, the index and the Redis keys of the queue, loads generated articles, writes the
+keyword files, enqueues every id, and writes DIR/job.yaml (a MigrateJob with a test-only leak,
+so that the demo shows memory restarts) and DIR/demo.env (the workers' connection variables).
+Running it again starts over. The services are found through REDIS_URL, MYSQL_URL, ES_URL and
+NLP_URL (`source .testbed/env`), with the testbed's addresses as defaults.
+
+Usage: demo-prepare [OPTIONS]
+
+Options:
+  --articles N         articles to generate and enqueue [default: 50000]
+  --dir DIR            folder of the job, the env file and the keyword files [default: migrate-demo]
+  --database NAME      MySQL database, dropped and recreated; starts with migrate_ [default: migrate_demo]
+  --queue KEY          Redis queue key; its keys are deleted first [default: migrate_demo]
+  --index NAME         search index, deleted and recreated [default: migrate_demo]
+  --workers N          workers of the job (its min and max replicas) [default: 3]
+  --memory-limit SIZE  memory limit of each worker [default: 192Mi]
+  --leak-bytes N       bytes each task leaks on purpose (spec.testOnly), 0 for none [default: 32768]
+  --leak-stage STAGE   the stage the leak is charged to [default: enrich]
+  -h, --help           print this help";
+
 /// What to prepare.
 #[derive(Debug, Clone)]
 struct Options {
@@ -107,14 +129,12 @@ fn set_memory_limit(
     serde_json::from_value(value)
 }
 
-/// Creates the index as a deployment's index template would: `keywords.<set>` holds one field
-/// per keyword hit, more than an index allows when mapped dynamically, so it is stored unmapped.
+/// Creates the index with the default settings and dynamic mapping (the documents' shape
+/// keeps the mapping small: `keywords.<set>` is an array of `{keyword, count}`).
 async fn create_index(es_url: &str, index: &str) -> Result<(), String> {
     let url = format!("{es_url}/{index}");
-    let body = serde_json::json!({ "mappings": { "properties": { "keywords": { "type": "object", "dynamic": false } } } });
     let response = reqwest::Client::new()
         .put(&url)
-        .json(&body)
         .send()
         .await
         .map_err(|e| format!("PUT {url} failed: {e}"))?;
@@ -269,6 +289,10 @@ async fn prepare(o: &Options) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().skip(1).any(|a| a == "-h" || a == "--help") {
+        println!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(message) => {

@@ -987,6 +987,38 @@ async fn try_expected(
     Ok(out)
 }
 
+/// What the worker must store under `keywords.<set>` of one document for the matches of
+/// `matcher` in `texts` (each text matched on its own, as the worker matches each field):
+/// `[{"keyword": k, "count": n}, ...]`, most hits first, ties in keyword (byte) order; `None`
+/// when nothing matches, as the worker then writes no entry for the set.
+///
+/// ```
+/// use migrate_e2e::datagen::{NaiveMatcher, expected_hits};
+/// let m = NaiveMatcher::new(["中国", "人民"]);
+/// assert_eq!(
+///     expected_hits(&m, &["中国人民", "中国"]),
+///     Some(serde_json::json!([{"keyword": "中国", "count": 2}, {"keyword": "人民", "count": 1}]))
+/// );
+/// assert_eq!(expected_hits(&m, &["没有"]), None);
+/// ```
+#[must_use]
+pub fn expected_hits(matcher: &NaiveMatcher, texts: &[&str]) -> Option<serde_json::Value> {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for text in texts {
+        matcher.count_into(text, "", &mut counts);
+    }
+    if counts.is_empty() {
+        return None;
+    }
+    let mut hits: Vec<(String, u64)> = counts.into_iter().collect();
+    hits.sort_by(|(ka, na), (kb, nb)| nb.cmp(na).then_with(|| ka.cmp(kb)));
+    Some(serde_json::Value::Array(
+        hits.into_iter()
+            .map(|(keyword, count)| serde_json::json!({"keyword": keyword, "count": count}))
+            .collect(),
+    ))
+}
+
 /// The oracle's result for one chunk of rows.
 #[derive(Default)]
 struct Part {
