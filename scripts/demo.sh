@@ -8,7 +8,8 @@
 #      `migrate_demo`, enqueues every id, and writes the job (3 workers, a per-worker memory
 #      limit, and a test-only leak so that memory restarts show);
 #   4. migrate-operator local: supervises the workers with a progress bar, then prints the
-#      summary (documents, restarts by reason, the leaking stage, throughput);
+#      summary (documents, restarts by reason, the leaking stage, throughput) and draws every
+#      worker's memory over time, restarts marked, as a PNG;
 #   5. says where to look next.
 # Running it again starts over.
 #
@@ -60,7 +61,7 @@ source "$demo/demo.env"
 step "run: migrate-operator local --job $demo/job.yaml"
 rm -rf "$demo/logs"
 target/release/migrate-operator local --job "$demo/job.yaml" --log-dir "$demo/logs" \
-  --summary-json "$demo/summary.json"
+  --summary-json "$demo/summary.json" --plot "$demo/rss.png"
 
 count=$(curl -sf -m 30 "$ES_URL/$index/_count" | sed -n 's/.*"count":\([0-9]*\).*/\1/p' || true)
 step "done"
@@ -75,6 +76,8 @@ Where to look next:
       redis-cli -u '$REDIS_URL' lrange $queue:dead 0 9
   the worker logs, one file per worker process:
       ls $demo/logs/
+  the memory of every worker over time, against the soft and hard limits, restarts marked:
+      $demo/rss.png
   the summary as JSON, and the job that ran:
       $demo/summary.json
       $demo/job.yaml

@@ -3,10 +3,19 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-/// Supervises migrate-operator workers: in a Kubernetes cluster (`run`) or as processes on this
-/// machine (`local`).
+/// Supervises the workers that move MySQL rows into a search index: drains and replaces a
+/// worker whose memory grows before the kernel kills it, requeues what a dead worker held, and
+/// names the leaking stage. In a Kubernetes cluster (`run`) or as processes on this machine
+/// (`local`).
 #[derive(Debug, Parser)]
-#[command(name = "migrate-operator", version, about, long_about = None)]
+#[command(
+    name = "migrate-operator",
+    version,
+    after_help = "Examples:
+  migrate-operator crd | kubectl apply --server-side -f -
+  migrate-operator run --namespace jobs
+  migrate-operator local --job job.yaml --redis-url redis://127.0.0.1:6379 --plot rss.png"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,11 +23,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the Kubernetes controller (reconciles MigrateJobs into worker pods).
+    /// Run the Kubernetes controller: reconcile MigrateJobs into supervised worker pods.
+    ///
+    /// Uses the in-cluster service account, or KUBECONFIG outside a cluster. Replicas elect a
+    /// leader through a Lease; only the leader reconciles.
     Run(migrate_operator::controller::ControllerArgs),
     /// Supervise worker processes on this machine from a MigrateJob file, no cluster needed.
+    ///
+    /// Starts `migrate-worker run` processes as the job says, drains and replaces them by the
+    /// same memory policy as the operator, shows a progress bar, and ends with a summary when
+    /// the queue is drained (drain mode) or at Ctrl-C, which drains every worker first.
+    ///
+    /// The workers inherit this environment: set MIGRATE_MYSQL_URL and MIGRATE_SEARCH_URL (and
+    /// MIGRATE_SEARCH_USERNAME, MIGRATE_SEARCH_PASSWORD if the index needs them) as for
+    /// `migrate-worker run`.
     Local(migrate_operator::local::LocalArgs),
     /// Print the MigrateJob CustomResourceDefinition as YAML.
+    ///
+    /// Apply it with `migrate-operator crd | kubectl apply --server-side -f -`.
     Crd,
 }
 

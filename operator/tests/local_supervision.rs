@@ -46,9 +46,19 @@ async fn leaking_workers_are_drained_and_replaced_before_their_hard_limit() {
         leak_bytes_per_task: LEAK_PER_TASK,
         leak_stage: "enrich".into(),
     });
-    let run = scenario.supervise(&["--memory-limit", LEAK_MEMORY_LIMIT, "--base-port", "19100"]);
+    let plot = scenario.dir.path().join("rss.png");
+    let run = scenario.supervise(&[
+        "--memory-limit",
+        LEAK_MEMORY_LIMIT,
+        "--base-port",
+        "19100",
+        "--plot",
+        plot.to_str().expect("a UTF-8 temporary path"),
+    ]);
     let summary = run.finish(RUN_LIMIT).await;
     let expected = scenario.expected().await;
+    let png = std::fs::read(&plot).expect("the memory plot asked for with --plot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "--plot wrote no PNG");
 
     assert_eq!(summary.outcome, Outcome::Complete);
     assert!(

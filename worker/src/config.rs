@@ -42,7 +42,7 @@ pub struct RunArgs {
 /// for URLs with passwords, since command lines are visible to other users).
 #[derive(Clone, Default, clap::Args)]
 pub struct EnvArgs {
-    /// Redis URL of the queue, e.g. redis://:password@redis:6379/0.
+    /// Redis URL of the queue, e.g. redis://:password@redis:6379/0 (required).
     #[arg(
         long,
         env = "MIGRATE_REDIS_URL",
@@ -50,7 +50,7 @@ pub struct EnvArgs {
         value_name = "URL"
     )]
     pub redis_url: Option<String>,
-    /// MySQL URL of the source, e.g. mysql://user:password@mysql:3306/db.
+    /// MySQL URL of the source, e.g. mysql://user:password@mysql:3306/db (required).
     #[arg(
         long,
         env = "MIGRATE_MYSQL_URL",
@@ -58,7 +58,7 @@ pub struct EnvArgs {
         value_name = "URL"
     )]
     pub mysql_url: Option<String>,
-    /// Elasticsearch/OpenSearch URL, e.g. https://search:9200.
+    /// Elasticsearch/OpenSearch URL, e.g. https://search:9200 (required).
     #[arg(
         long,
         env = "MIGRATE_SEARCH_URL",
@@ -82,7 +82,7 @@ pub struct EnvArgs {
         value_name = "PASSWORD"
     )]
     pub search_password: Option<String>,
-    /// This worker's id in the Redis keys (default: host name and pid).
+    /// This worker's id in the Redis keys [default: host name and pid].
     #[arg(long, env = "MIGRATE_WORKER_ID", value_name = "ID")]
     pub worker_id: Option<String>,
     /// Folder holding the keyword files named by the pipeline.
@@ -101,8 +101,8 @@ pub struct EnvArgs {
         value_name = "ADDR"
     )]
     pub listen: Option<SocketAddr>,
-    /// Memory limit in bytes or as a quantity (512Mi), overriding the cgroup's (for local mode
-    /// without a cgroup limit).
+    /// Memory limit the soft and hard thresholds refer to, in bytes or as a quantity such as
+    /// 512Mi [default: the cgroup's memory.max, else workers.resources.limits.memory].
     #[arg(long, env = "MIGRATE_MEMORY_LIMIT_BYTES", value_name = "BYTES")]
     pub memory_limit_bytes: Option<String>,
 }

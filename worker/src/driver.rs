@@ -32,8 +32,9 @@
 //!   puts them back into the queue itself.
 //!
 //! Around the pipeline run the heartbeat, the keyword reloader, the memory watch, the readiness
-//! refresher, the backlog sampler and the HTTP server (`/metrics`, `/healthz`, `/readyz`).
+//! refresher, the queue-lag sampler and the HTTP server (`/metrics`, `/healthz`, `/readyz`).
 
+use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -68,8 +69,8 @@ const BULKS_IN_FLIGHT: usize = 2;
 const KEYWORDS_RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// How often readiness is recomputed from the connection states.
 const READINESS_EVERY: Duration = Duration::from_millis(200);
-/// How often the backlog is read for the queue-lag gauge.
-const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// How often the queue-lag gauge is updated.
+const QUEUE_LAG_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait for Redis when putting leftovers back at exit.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -173,6 +174,8 @@ fn leak(stage: Stage, bytes: u64) {
 struct Slot {
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
+    /// Its entry in [`Shared::held`].
+    ticket: u64,
 }
 
 impl Slot {
@@ -181,15 +184,26 @@ impl Slot {
         shared
             .metrics
             .set_in_flight(i64::try_from(n).unwrap_or(i64::MAX));
+        let ticket = shared
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Instant::now());
         Self {
             _permit: permit,
             shared: Arc::clone(shared),
+            ticket,
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.shared
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.ticket);
         let n = self
             .shared
             .in_flight
@@ -199,6 +213,35 @@ impl Drop for Slot {
             .metrics
             .set_in_flight(i64::try_from(n).unwrap_or(i64::MAX));
         self.shared.in_flight_changed.notify_one();
+    }
+}
+
+/// When each task this worker holds was taken, by ticket. Tickets increase, so the first
+/// entry is the oldest task. At most `workers.concurrency` entries (one per [`Slot`]).
+#[derive(Debug, Default)]
+struct Held {
+    next: u64,
+    since: BTreeMap<u64, Instant>,
+}
+
+impl Held {
+    /// Records a task taken at `at`; returns its ticket.
+    fn insert(&mut self, at: Instant) -> u64 {
+        let ticket = self.next;
+        self.next += 1;
+        self.since.insert(ticket, at);
+        ticket
+    }
+
+    fn remove(&mut self, ticket: u64) {
+        self.since.remove(&ticket);
+    }
+
+    /// How long the oldest task held has been held at `now`; zero when none is.
+    fn oldest_age(&self, now: Instant) -> Duration {
+        self.since
+            .first_key_value()
+            .map_or(Duration::ZERO, |(_, &at)| now.saturating_duration_since(at))
     }
 }
 
@@ -225,6 +268,8 @@ struct Shared {
     permits: Arc<Semaphore>,
     in_flight: AtomicUsize,
     in_flight_changed: Notify,
+    /// When each task in flight was taken (for the queue-lag gauge).
+    held: Mutex<Held>,
     tasks_finished: AtomicU64,
 
     /// Stop taking new ids (drain, recycle, memory soft, SIGTERM).
@@ -456,6 +501,7 @@ impl Worker {
             permits: Arc::new(Semaphore::new(concurrency)),
             in_flight: AtomicUsize::new(0),
             in_flight_changed: Notify::new(),
+            held: Mutex::new(Held::default()),
             tasks_finished: AtomicU64::new(0),
             // Not a child of `shutdown`: every stop goes through `Shared::stop`, which records why.
             stop_taking: CancellationToken::new(),
@@ -498,7 +544,7 @@ impl Worker {
         ));
         loops.spawn(heartbeat(Arc::clone(&shared), background.clone()));
         loops.spawn(refresh_readiness(Arc::clone(&shared), background.clone()));
-        loops.spawn(sample_backlog(Arc::clone(&shared), background.clone()));
+        loops.spawn(sample_queue_lag(Arc::clone(&shared), background.clone()));
         loops.spawn(grace_timer(Arc::clone(&shared), background.clone()));
         {
             let shared = Arc::clone(&shared);
@@ -1163,37 +1209,26 @@ async fn refresh_readiness(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Estimates the queue lag (time to work off the ids waiting at this worker's recent rate).
-async fn sample_backlog(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut ticks = tokio::time::interval(BACKLOG_EVERY);
+/// Sets the queue-lag gauge every [`QUEUE_LAG_EVERY`] to the age of the oldest task this
+/// worker holds (taken from the queue and not yet finished; zero when it holds none).
+///
+/// An id in the queue carries no enqueue time, so how long ids wait before a worker takes them
+/// is not known; the age of what a worker holds is measured, and grows without bound when a
+/// task is stuck.
+async fn sample_queue_lag(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(QUEUE_LAG_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_done = shared.tasks_finished.load(Ordering::Relaxed);
-    let mut last_at = Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let Ok(backlog) = shared.queue.backlog().await else {
-            continue;
-        };
-        let done = shared.tasks_finished.load(Ordering::Relaxed);
-        let elapsed = last_at.elapsed().as_secs_f64();
-        #[allow(clippy::cast_precision_loss)]
-        let rate = (done.saturating_sub(last_done)) as f64 / elapsed.max(1e-3);
-        #[allow(clippy::cast_precision_loss)]
-        let lag = if backlog.queued == 0 {
-            0.0
-        } else if rate > 0.0 {
-            backlog.queued as f64 / rate
-        } else {
-            elapsed
-        };
-        shared.metrics.set_queue_lag(lag);
-        if rate > 0.0 || backlog.queued == 0 {
-            last_done = done;
-            last_at = Instant::now();
-        }
+        let age = shared
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .oldest_age(Instant::now());
+        shared.metrics.set_queue_lag(age.as_secs_f64());
     }
 }
 
@@ -1216,6 +1251,26 @@ async fn grace_timer(shared: Arc<Shared>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The queue lag follows the oldest task held, whatever order tasks finish in.
+    #[test]
+    fn the_oldest_held_task_gives_the_lag() {
+        let t0 = Instant::now();
+        let mut held = Held::default();
+        assert_eq!(held.oldest_age(t0), Duration::ZERO, "nothing held");
+        let first = held.insert(t0);
+        let second = held.insert(t0 + Duration::from_secs(2));
+        let third = held.insert(t0 + Duration::from_secs(3));
+        let now = t0 + Duration::from_secs(10);
+        assert_eq!(held.oldest_age(now), Duration::from_secs(10));
+        held.remove(second);
+        assert_eq!(held.oldest_age(now), Duration::from_secs(10));
+        held.remove(first);
+        assert_eq!(held.oldest_age(now), Duration::from_secs(7));
+        held.remove(third);
+        assert_eq!(held.oldest_age(now), Duration::ZERO);
+        assert!(held.since.is_empty());
+    }
 
     #[test]
     fn recycle_targets_stay_within_the_jitter() {

@@ -15,9 +15,16 @@ use tracing_subscriber::EnvFilter;
 static ALLOC: migrate_worker::memory::CountingAlloc = migrate_worker::memory::CountingAlloc;
 
 /// Takes ids from a Redis list, builds each document from MySQL, enriches it over HTTP,
-/// matches keywords and bulk-indexes it into Elasticsearch/OpenSearch.
+/// matches keywords and bulk-indexes it into Elasticsearch/OpenSearch: at least once, with
+/// its memory watched.
 #[derive(Debug, Parser)]
-#[command(name = "migrate-worker", version, about)]
+#[command(
+    name = "migrate-worker",
+    version,
+    after_help = "Connection strings come from the environment (MIGRATE_REDIS_URL, MIGRATE_MYSQL_URL,
+MIGRATE_SEARCH_URL); see `migrate-worker run --help`. Usually started by migrate-operator, in a
+pod or by `migrate-operator local`."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,10 +34,13 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the pipeline until drained or stopped (exit codes: 0 drained, 10 memory soft,
-    /// 11 memory hard, 12 recycled, 78 configuration error, 1 anything else).
+    /// Run the pipeline until the queue is drained (drain mode) or a signal stops it.
+    ///
+    /// Exit codes: 0 drained or stopped by SIGTERM/SIGINT, 10 over the soft memory limit, 11
+    /// over the hard memory limit, 12 recycled after workers.recycleAfterTasks, 78
+    /// configuration error (restarting will not help), 1 anything else.
     Run(RunArgs),
-    /// Validate a pipeline file and print every problem.
+    /// Check a pipeline file and print every problem (exit 0 when valid, 78 when not).
     Check {
         /// The pipeline file: a MigrateJob manifest or its spec, as YAML.
         #[arg(long, value_name = "FILE")]

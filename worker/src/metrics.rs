@@ -140,7 +140,7 @@ impl WorkerMetrics {
         );
         registry.register(
             "migrate_queue_lag_seconds",
-            "Queue lag in seconds, as last measured by the queue stage",
+            "Age in seconds of the oldest task this worker holds (taken from the queue, not yet acknowledged, dead-lettered or put back), measured every second; 0 when it holds none. Ids carry no enqueue time, so waiting in the queue before being taken is not included",
             queue_lag.clone(),
         );
 
@@ -228,7 +228,8 @@ impl WorkerMetrics {
         }
     }
 
-    /// Sets the age of the oldest pending id, in seconds.
+    /// Sets `migrate_queue_lag_seconds`: the age of the oldest task this worker holds (taken
+    /// from the queue and not yet finished), 0 when it holds none.
     pub fn set_queue_lag(&self, seconds: f64) {
         self.queue_lag.set(seconds);
     }

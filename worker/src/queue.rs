@@ -123,7 +123,7 @@ pub enum QueueError {
         source: RedisError,
     },
     /// No connection could be made.
-    #[error("cannot connect to redis at {url}")]
+    #[error("cannot connect to redis at {url}; check MIGRATE_REDIS_URL (from queue.urlSecretRef)")]
     Connect {
         /// The URL, password redacted.
         url: String,
@@ -1886,6 +1886,10 @@ mod tests {
         assert!(
             text.contains("127.0.0.1:1") && !text.contains("hunter2"),
             "{text}"
+        );
+        assert!(
+            text.contains("MIGRATE_REDIS_URL"),
+            "the message names the setting to change: {text}"
         );
     }
 }

@@ -113,8 +113,12 @@ pub enum SourceError {
         reason: String,
     },
     /// No connection could be taken from the pool.
-    #[error("connecting to mysql for task {id} failed")]
+    #[error(
+        "cannot connect to mysql at {addr} for task {id}; check MIGRATE_MYSQL_URL (from source.urlSecretRef)"
+    )]
     Connect {
+        /// The server's host and port.
+        addr: String,
         /// The task id.
         id: u64,
         /// The driver's error.
@@ -122,8 +126,12 @@ pub enum SourceError {
         source: mysql_async::Error,
     },
     /// Taking a connection from the pool took longer than the query timeout.
-    #[error("connecting to mysql for task {id} timed out after {seconds} s")]
+    #[error(
+        "connecting to mysql at {addr} for task {id} timed out after {seconds} s; check MIGRATE_MYSQL_URL (from source.urlSecretRef)"
+    )]
     ConnectTimeout {
+        /// The server's host and port.
+        addr: String,
         /// The task id.
         id: u64,
         /// The timeout.
@@ -196,15 +204,21 @@ pub enum SourceError {
         column: String,
     },
     /// A ping failed.
-    #[error("pinging mysql failed")]
+    #[error("cannot reach mysql at {addr}; check MIGRATE_MYSQL_URL (from source.urlSecretRef)")]
     Ping {
+        /// The server's host and port.
+        addr: String,
         /// The driver's error.
         #[source]
         source: mysql_async::Error,
     },
     /// A ping took longer than the query timeout.
-    #[error("pinging mysql timed out after {seconds} s")]
+    #[error(
+        "pinging mysql at {addr} timed out after {seconds} s; check MIGRATE_MYSQL_URL (from source.urlSecretRef)"
+    )]
     PingTimeout {
+        /// The server's host and port.
+        addr: String,
         /// The timeout.
         seconds: u32,
     },
@@ -221,7 +235,7 @@ impl SourceError {
             | SourceError::Connection { .. }
             | SourceError::Timeout { .. }
             | SourceError::PingTimeout { .. } => true,
-            SourceError::Connect { source, .. } | SourceError::Ping { source } => {
+            SourceError::Connect { source, .. } | SourceError::Ping { source, .. } => {
                 is_transient_mysql(source)
             }
             SourceError::Sql { code, .. } => TRANSIENT_SERVER_CODES.contains(code),
@@ -337,6 +351,8 @@ pub struct Source {
     timeout: Duration,
     timeout_seconds: u32,
     repaired: AtomicU64,
+    /// `host:port` of the server, for error messages (the URL may hold a password).
+    addr: String,
 }
 
 impl Source {
@@ -351,6 +367,7 @@ impl Source {
     pub fn new(spec: &SourceSpec, url: &str) -> Result<Self, SourceError> {
         let queries = plan(&spec.queries)?;
         let opts = Opts::from_url(url).map_err(|source| SourceError::Url { source })?;
+        let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
         let pool_max = usize::try_from(spec.pool_max.max(1)).unwrap_or(usize::MAX);
         let constraints = PoolConstraints::new(1, pool_max).ok_or_else(|| SourceError::Spec {
             reason: format!("poolMax {} is not a pool size", spec.pool_max),
@@ -375,6 +392,7 @@ impl Source {
             timeout: Duration::from_secs(u64::from(timeout_seconds)),
             timeout_seconds,
             repaired: AtomicU64::new(0),
+            addr,
         })
     }
 
@@ -390,12 +408,14 @@ impl Source {
             Ok(Ok(conn)) => conn,
             Ok(Err(source)) => {
                 return Err(SourceError::Connect {
+                    addr: self.addr.clone(),
                     id: id.value,
                     source,
                 });
             }
             Err(_) => {
                 return Err(SourceError::ConnectTimeout {
+                    addr: self.addr.clone(),
                     id: id.value,
                     seconds: self.timeout_seconds,
                 });
@@ -426,8 +446,12 @@ impl Source {
         };
         match tokio::time::timeout(self.timeout, ping).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(SourceError::Ping { source }),
+            Ok(Err(source)) => Err(SourceError::Ping {
+                addr: self.addr.clone(),
+                source,
+            }),
             Err(_) => Err(SourceError::PingTimeout {
+                addr: self.addr.clone(),
                 seconds: self.timeout_seconds,
             }),
         }
@@ -757,11 +781,13 @@ mod tests {
         assert!(deadlock.is_transient());
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let refused = SourceError::Connect {
+            addr: "db:3306".into(),
             id: 1,
             source: mysql_async::Error::Io(io.into()),
         };
         assert!(refused.is_transient());
         let pool_closed = SourceError::Ping {
+            addr: "db:3306".into(),
             source: mysql_async::Error::Driver(DriverError::PoolDisconnected),
         };
         assert!(pool_closed.is_transient());
@@ -782,5 +808,39 @@ mod tests {
         let error = Source::new(&spec, "postgres://nope").unwrap_err();
         assert!(matches!(error, SourceError::Url { .. }));
         assert!(!error.is_transient());
+    }
+
+    /// A person reading the error of an unreachable server learns where the worker tried to
+    /// connect and which setting to change, and never sees the password.
+    #[tokio::test]
+    async fn an_unreachable_server_is_named_with_the_setting_to_change() {
+        let spec = SourceSpec {
+            url_secret_ref: migrate_crds::SecretKeyRef {
+                name: "s".into(),
+                key: "k".into(),
+            },
+            queries: vec![query("a", true, QueryShape::One, None)],
+            on_missing_row: migrate_crds::MissingRowPolicy::Skip,
+            pool_max: 1,
+            query_timeout_seconds: 5,
+        };
+        // Port 1 on loopback: nothing listens there.
+        let source = Source::new(&spec, "mysql://migrate:hunter2@127.0.0.1:1/db").unwrap();
+        let error = source
+            .fetch(&TaskId::parse("7").unwrap())
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("127.0.0.1:1"), "names the address: {text}");
+        assert!(
+            text.contains("MIGRATE_MYSQL_URL") && text.contains("source.urlSecretRef"),
+            "names the setting: {text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        let ping = source.ping().await.unwrap_err().to_string();
+        assert!(
+            ping.contains("127.0.0.1:1") && ping.contains("MIGRATE_MYSQL_URL"),
+            "{ping}"
+        );
     }
 }

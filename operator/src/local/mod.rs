@@ -7,7 +7,8 @@
 //! it: start workers, drain one (SIGTERM, SIGKILL after its grace period), kill one, requeue
 //! what an exited worker held, finish a drained job. Memory restarts name the leaking stage
 //! ([`crate::leak`]). A progress bar shows the run; a [`Summary`] ends it, on stdout and
-//! optionally as JSON. SIGINT or SIGTERM drains every worker, then the supervisor exits.
+//! optionally as JSON; `--plot` draws every worker's memory over time as a PNG ([`plot`]).
+//! SIGINT or SIGTERM drains every worker, then the supervisor exits.
 //!
 //! | module | concern |
 //! |---|---|
@@ -17,18 +18,21 @@
 //! | `supervisor` | the observe → decide → act loop |
 //! | `progress` | the progress bar and a log writer that does not tear it |
 //! | `summary` | what the run did, as a table and as JSON |
+//! | [`plot`] | the workers' memory over time, restarts marked, as a PNG |
 
 pub mod job;
 mod observe;
+pub mod plot;
 mod process;
 mod progress;
 mod summary;
 mod supervisor;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use job::{JobError, LocalJob};
 pub use observe::{Scraped, parse_metrics};
+pub use plot::{MemoryLines, PlotError, PlotOptions, RestartMark, RssSeries};
 pub use process::ProcessError;
 pub use progress::LogWriter;
 pub use summary::{MemoryLimits, Outcome, RestartEvent, Summary, WorkerSummary};
@@ -45,26 +49,27 @@ pub struct LocalArgs {
     /// The worker binary [default: migrate-worker next to this executable].
     #[arg(long, value_name = "PATH")]
     pub workers_bin: Option<PathBuf>,
-    /// Memory limit of each worker, which percentage thresholds refer to, e.g. 512Mi
-    /// [default: workers.resources.limits.memory of the job].
+    /// Memory limit of each worker, e.g. 512Mi; percentage thresholds (memory.soft,
+    /// memory.hard) refer to it [default: workers.resources.limits.memory of the job].
     #[arg(long, value_name = "SIZE")]
     pub memory_limit: Option<String>,
-    /// Memory limit the workers are told (MIGRATE_MEMORY_LIMIT_BYTES; their own soft and hard
-    /// checks refer to it) [default: --memory-limit]. A larger value leaves the reaction to
-    /// the soft limit to the supervisor alone, as benchmarks of the supervisor need.
+    /// Memory limit the workers are given as MIGRATE_MEMORY_LIMIT_BYTES, which their own soft
+    /// and hard checks refer to [default: --memory-limit]. A larger value leaves the soft
+    /// limit to the supervisor alone (for benchmarks of the supervisor).
     #[arg(long, value_name = "SIZE")]
     pub worker_memory_limit: Option<String>,
-    /// First port tried for the workers' /metrics, /healthz and /readyz.
+    /// First port tried for the workers' /metrics, /healthz and /readyz; each worker takes the
+    /// first free port from there.
     #[arg(long, default_value_t = 9100, value_name = "PORT")]
     pub base_port: u16,
-    /// Folder of the worker log files, one per worker (`local-<n>.log`).
+    /// Folder of the worker logs, one file per worker process (local-<n>.log).
     #[arg(long, default_value = "migrate-local-logs", value_name = "DIR")]
     pub log_dir: PathBuf,
-    /// Folder of the keyword files named by the job [default: keywords.configMap when it names
-    /// a folder next to the job file].
+    /// Folder of the keyword files named by the job [default: the folder keywords.configMap
+    /// names, next to the job file].
     #[arg(long, env = "MIGRATE_KEYWORDS_DIR", value_name = "DIR")]
     pub keywords_dir: Option<PathBuf>,
-    /// Redis URL of the queue; the workers get it too.
+    /// Redis URL of the queue, e.g. redis://127.0.0.1:6379/0; the workers get it too.
     #[arg(
         long,
         env = "MIGRATE_REDIS_URL",
@@ -72,12 +77,16 @@ pub struct LocalArgs {
         value_name = "URL"
     )]
     pub redis_url: String,
-    /// No progress bar (figures are logged every 10 s instead).
+    /// No progress bar; the figures are logged every 10 s instead.
     #[arg(long)]
     pub no_progress: bool,
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
+    /// At the end, draw every worker's memory over time as a PNG, against the limit and the
+    /// soft and hard thresholds, with each restart marked by its reason.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Why the local supervisor stopped.
@@ -104,7 +113,7 @@ pub enum LocalError {
         source: std::io::Error,
     },
     /// Redis cannot be reached.
-    #[error("cannot connect to redis at {url}")]
+    #[error("cannot connect to redis at {url}; check --redis-url or MIGRATE_REDIS_URL")]
     Redis {
         /// The URL, password redacted.
         url: String,
@@ -144,6 +153,15 @@ pub enum LocalError {
         #[source]
         source: std::io::Error,
     },
+    /// The memory plot cannot be written.
+    #[error("cannot write the memory plot to {path}")]
+    Plot {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: PlotError,
+    },
 }
 
 impl LocalError {
@@ -161,6 +179,7 @@ impl LocalError {
             LocalError::WorkerConfig { .. } => "worker-config",
             LocalError::CrashLoop { .. } => "crash-loop",
             LocalError::Summary { .. } => "summary",
+            LocalError::Plot { .. } => "plot",
         }
     }
 }
@@ -175,7 +194,8 @@ pub fn default_workers_bin() -> PathBuf {
 }
 
 /// Runs the local supervisor until the job completes (drain mode) or a signal arrives; prints
-/// the summary on stdout, writes it as JSON when asked, and returns it.
+/// the summary on stdout, writes it as JSON and draws the memory plot when asked, and returns
+/// it.
 ///
 /// # Errors
 /// [`LocalError`] when the job cannot be started or its workers refuse their configuration.
@@ -208,8 +228,11 @@ pub async fn run(args: LocalArgs) -> Result<Summary, LocalError> {
         memory_limit: job.worker_memory_limit,
     };
     let supervisor = Supervisor::new(job, launch, args.base_port, !args.no_progress).await?;
-    let summary = supervisor.run().await?;
+    let (summary, mut series) = supervisor.run().await?;
     print!("\n{}", summary.table());
+    if let Some(path) = &args.plot {
+        write_plot(&summary, &mut series, path)?;
+    }
     if let Some(path) = &args.summary_json {
         let write = |source| LocalError::Summary {
             path: path.clone(),
@@ -220,4 +243,30 @@ pub async fn run(args: LocalArgs) -> Result<Summary, LocalError> {
         std::fs::write(path, json + "\n").map_err(write)?;
     }
     Ok(summary)
+}
+
+/// Marks the run's restarts on `series` and draws it to `path`.
+fn write_plot(summary: &Summary, series: &mut RssSeries, path: &Path) -> Result<(), LocalError> {
+    for event in &summary.restart_events {
+        series.mark_restart(RestartMark {
+            worker: event.worker.clone(),
+            at: std::time::Duration::from_millis(event.at_ms),
+            memory_bytes: event.memory_bytes,
+            reason: event.reason.clone(),
+        });
+    }
+    let options = PlotOptions {
+        title: format!(
+            "Worker memory — queue {}, {} restarts",
+            summary.queue,
+            summary.restart_events.len()
+        ),
+        ..PlotOptions::default()
+    };
+    plot::write_png(series, &options, path).map_err(|source| LocalError::Plot {
+        path: path.to_owned(),
+        source,
+    })?;
+    tracing::info!(path = %path.display(), "Memory plot written.");
+    Ok(())
 }

@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 use super::LocalError;
 use super::job::LocalJob;
 use super::observe::{MemoryProbe, probe, probe_client};
+use super::plot::{MemoryLines, RssSeries};
 use super::process::{Launch, WorkerProcess, cgroup_oom_kills, free_port};
 use super::progress::{Figures, Progress};
 use super::summary::{self, MemoryLimits, Outcome, RestartEvent, Summary, WorkerSummary};
@@ -148,6 +149,8 @@ pub struct Supervisor {
     /// Workers in a row that crashed before they were ready, and the log of the last one.
     early_crashes: u32,
     crash_log: Option<PathBuf>,
+    /// Every worker's memory over time, for the plot (bounded storage).
+    rss: RssSeries,
 }
 
 impl Supervisor {
@@ -178,6 +181,11 @@ impl Supervisor {
             .map_err(redis_error)?;
         let timeout = (job.check_interval / 2).min(MAX_PROBE_TIMEOUT);
         let http = probe_client(timeout).map_err(LocalError::Http)?;
+        let rss = RssSeries::new(MemoryLines {
+            limit_bytes: job.memory_limit,
+            soft_bytes: job.soft_bytes,
+            hard_bytes: job.hard_bytes,
+        });
         Ok(Self {
             job,
             launch,
@@ -205,6 +213,7 @@ impl Supervisor {
             config_error_log: None,
             early_crashes: 0,
             crash_log: None,
+            rss,
         })
     }
 
@@ -213,12 +222,12 @@ impl Supervisor {
     }
 
     /// Supervises until the job completes (drain mode) or SIGINT/SIGTERM arrives, then stops
-    /// every worker gracefully and returns what happened.
+    /// every worker gracefully and returns what happened, with every worker's memory over time.
     ///
     /// # Errors
     /// [`LocalError`] when a worker cannot be started, the workers' configuration is wrong, or
     /// the signals cannot be watched.
-    pub async fn run(mut self) -> Result<Summary, LocalError> {
+    pub async fn run(mut self) -> Result<(Summary, RssSeries), LocalError> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut interrupt = signal(SignalKind::interrupt()).map_err(LocalError::Signals)?;
         let mut terminate = signal(SignalKind::terminate()).map_err(LocalError::Signals)?;
@@ -259,7 +268,8 @@ impl Supervisor {
         self.stop_all(&mut interrupt, &mut terminate).await;
         self.read_stats().await;
         self.progress.finish();
-        Ok(self.summary(outcome))
+        let summary = self.summary(outcome);
+        Ok((summary, self.rss))
     }
 
     /// Requeues the processing lists of workers of an earlier run whose heartbeat expired.
@@ -293,6 +303,7 @@ impl Supervisor {
         self.probe_workers().await;
         let now = self.clock.elapsed();
         self.read_memory(now);
+        self.record_rss(now);
         let backlog = self.read_backlog().await;
         let observations = Observations {
             workers: self.workers.iter().map(|w| w.policy_view(now)).collect(),
@@ -424,6 +435,15 @@ impl Supervisor {
                 w.peak_rss = w.peak_rss.max(m.rss);
             }
         }
+    }
+
+    /// Adds the readings taken at `now` to the memory series.
+    fn record_rss(&mut self, now: Duration) {
+        let fresh = self.workers.iter().filter(|w| w.alive()).filter_map(|w| {
+            let (usage, _, at) = w.memory?;
+            (at == now).then_some((w.process.id.as_str(), usage))
+        });
+        self.rss.record(now, fresh);
     }
 
     async fn read_backlog(&mut self) -> Option<Backlog> {
@@ -690,7 +710,9 @@ impl Supervisor {
         // A last look, so that the summary has every worker's latest counters and memory.
         self.collect_exits();
         self.probe_workers().await;
-        self.read_memory(self.clock.elapsed());
+        let now = self.clock.elapsed();
+        self.read_memory(now);
+        self.record_rss(now);
         for w in self
             .workers
             .iter_mut()

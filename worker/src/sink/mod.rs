@@ -109,7 +109,9 @@ pub enum SinkError {
         source: elasticsearch::Error,
     },
     /// The server did not answer.
-    #[error("search server {url} did not answer")]
+    #[error(
+        "search server {url} did not answer; check MIGRATE_SEARCH_URL (from sink.urlSecretRef)"
+    )]
     Unreachable {
         /// The server URL, without credentials.
         url: String,

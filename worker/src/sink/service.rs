@@ -312,7 +312,7 @@ impl Sink {
             Ok(r) => r,
             Err(e) => {
                 return Answer::Retry(format!(
-                    "bulk request to {} failed: {}",
+                    "bulk request to {} failed (check MIGRATE_SEARCH_URL): {}",
                     self.url,
                     chain(&e)
                 ));
