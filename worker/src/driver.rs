@@ -839,6 +839,18 @@ async fn fetch(shared: &Shared, id: &TaskId) -> Fetched {
                     return Fetched::Abandoned;
                 }
             }
+            Err(e) if e.is_settings() => {
+                // Wrong credentials, database, table or query: every task would fail alike, so
+                // none is dead-lettered for it; the task waits for the fix (and a restart).
+                let first = backoff.failures() == 0;
+                shared.mysql_ok.store(false, Ordering::Relaxed);
+                if first {
+                    error!(task_id = id.value, error = %error_chain(&e), "MySQL rejects the job's settings: fix the URL in MIGRATE_MYSQL_URL (from source.urlSecretRef) or source.queries, then restart the workers. The task waits and uses up no attempt.");
+                }
+                if sleep_or_cancel(backoff.next_delay(), &shared.stop_taking).await {
+                    return Fetched::Abandoned;
+                }
+            }
             Err(e) => {
                 return Fetched::Done(Outcome::Retry(DeadLetter {
                     stage: Stage::Source,

@@ -79,6 +79,21 @@ pub const MAX_ROWS_PER_QUERY: usize = 10_000;
 
 /// Server error codes after which the same query can succeed if tried again later: the server
 /// is overloaded, shutting down, or the statement lost a lock race.
+/// Server error codes that say the job's settings are wrong, not the task: every task would
+/// fail the same way until the URL, the grants or the queries are fixed.
+const SETTINGS_SERVER_CODES: &[u16] = &[
+    1044, // ER_DBACCESS_DENIED_ERROR: no access to the database
+    1045, // ER_ACCESS_DENIED_ERROR: wrong user or password
+    1046, // ER_NO_DB_ERROR: no database selected
+    1049, // ER_BAD_DB_ERROR: unknown database
+    1054, // ER_BAD_FIELD_ERROR: unknown column in a query
+    1064, // ER_PARSE_ERROR: a query's syntax
+    1142, // ER_TABLEACCESS_DENIED_ERROR
+    1143, // ER_COLUMNACCESS_DENIED_ERROR
+    1146, // ER_NO_SUCH_TABLE
+    1227, // ER_SPECIFIC_ACCESS_DENIED_ERROR
+];
+
 const TRANSIENT_SERVER_CODES: &[u16] = &[
     1040, // ER_CON_COUNT_ERROR: too many connections
     1053, // ER_SERVER_SHUTDOWN
@@ -244,6 +259,27 @@ impl SourceError {
             | SourceError::Driver { .. }
             | SourceError::TooManyRows { .. }
             | SourceError::NoSuchColumn { .. } => false,
+        }
+    }
+
+    /// Whether the job's settings, not the task, are wrong: access denied, an unknown
+    /// database, table or column, a query's syntax, a plucked column the query does not
+    /// return. Every task would fail the same way, so the driver keeps the task (it waits as
+    /// for an outage, using up no attempt, and says what to fix) instead of dead-lettering the
+    /// whole queue one task at a time.
+    #[must_use]
+    pub fn is_settings(&self) -> bool {
+        let server_code = |e: &mysql_async::Error| match e {
+            mysql_async::Error::Server(e) => SETTINGS_SERVER_CODES.contains(&e.code),
+            _ => false,
+        };
+        match self {
+            SourceError::Sql { code, .. } => SETTINGS_SERVER_CODES.contains(code),
+            SourceError::Connect { source, .. }
+            | SourceError::Ping { source, .. }
+            | SourceError::Connection { source, .. } => server_code(source),
+            SourceError::NoSuchColumn { .. } => true,
+            _ => false,
         }
     }
 
@@ -771,6 +807,26 @@ mod tests {
             message: "You have an error in your SQL syntax".into(),
         };
         assert!(!syntax.is_transient());
+        assert!(
+            syntax.is_settings(),
+            "a query's syntax is the job's, not the task's"
+        );
+        let denied = SourceError::Sql {
+            query: "q".into(),
+            id: 1,
+            code: 1045,
+            state: "28000".into(),
+            message: "Access denied for user".into(),
+        };
+        assert!(denied.is_settings());
+        let too_long = SourceError::Sql {
+            query: "q".into(),
+            id: 1,
+            code: 1406,
+            state: "22001".into(),
+            message: "Data too long".into(),
+        };
+        assert!(!too_long.is_settings(), "a data error belongs to the task");
         let deadlock = SourceError::Sql {
             query: "q".into(),
             id: 1,

@@ -120,3 +120,72 @@ async fn poison_tasks_are_dead_lettered_at_their_stage_while_the_rest_completes(
     assert_eq!(job.llen(&job.keys("w1").processing).await, 0);
     job.cleanup().await;
 }
+
+/// A wrong MySQL password and a query on a missing table are the job's errors, not the tasks':
+/// no task is dead-lettered or uses up an attempt, the worker says what to fix, stays up (not
+/// ready), and a SIGTERM leaves every id on the queue for the fixed job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_mysql_settings_keep_every_task_instead_of_dead_lettering_the_queue() {
+    for case in ["password", "table"] {
+        let (mut job, _) = Job::on_shared(&format!("settings-{case}"), 3_000).await;
+        let ids = job.generated.ids[..200].to_vec();
+        migrate_e2e::datagen::enqueue(&job.env.redis_url, &job.queue, &ids).await;
+        match case {
+            "password" => {
+                assert!(job.db_url.contains(":migrate@"), "{}", job.db_url);
+                job.db_url = job.db_url.replacen(":migrate@", ":not-the-password@", 1);
+            }
+            _ => {
+                let tags = job
+                    .spec
+                    .source
+                    .queries
+                    .iter_mut()
+                    .find(|q| !q.main)
+                    .expect("a child query");
+                tags.sql = "SELECT tag FROM no_such_table WHERE article_id = ?".to_owned();
+            }
+        }
+        let mut worker = job.spawn("w1");
+        let log = pipeline_support::wait_for(
+            "the worker to say what to fix",
+            Duration::from_secs(60),
+            || {
+                let text = worker.log_text();
+                async move {
+                    text.contains("MySQL rejects the job's settings")
+                        .then_some(text)
+                }
+            },
+        )
+        .await;
+        assert!(log.contains("MIGRATE_MYSQL_URL"), "{log}");
+        pipeline_support::wait_for(
+            "the worker to turn not ready",
+            Duration::from_secs(10),
+            || {
+                let probe = worker.readyz();
+                async move { (probe.await != Some(200)).then_some(()) }
+            },
+        )
+        .await;
+        assert!(
+            worker.has_exited().is_none(),
+            "{case}: the worker keeps running"
+        );
+        worker.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(worker.exit_code(Duration::from_secs(30)).await, 0, "{case}");
+        assert!(job.dead().await.is_empty(), "{case}: nothing dead-lettered");
+        let stats = job.stats().await;
+        assert_eq!(stats.finished(), 0, "{case}: {stats:?}");
+        assert_eq!(
+            stats.get("retried"),
+            0,
+            "{case}: no attempt used: {stats:?}"
+        );
+        let queued = job.llen(&job.queue).await;
+        let held = job.llen(&job.keys("w1").processing).await;
+        assert_eq!(queued + held, ids.len() as u64, "{case}: every id kept");
+        job.cleanup().await;
+    }
+}
