@@ -6,10 +6,14 @@
 #   3. demo-prepare: drops and recreates the database `migrate_demo`, loads the articles,
 #      writes the keyword files, recreates the index and the Redis keys of the queue
 #      `migrate_demo`, enqueues every id, and writes the job (3 workers, a per-worker memory
-#      limit, and a test-only leak so that memory restarts show);
-#   4. migrate-operator local: supervises the workers with a progress bar, then prints the
-#      summary (documents, restarts by reason, the leaking stage, throughput) and draws every
-#      worker's memory over time, restarts marked, as a PNG;
+#      limit, and a test-only leak);
+#   4. migrate-operator local --leaky-workers 1: supervises the workers with a progress bar.
+#      One of the workers leaks (the job's test-only leak), so its memory climbs to the soft
+#      limit, it is drained and replaced by a new leaky worker, and the memory restarts
+#      show; the others run a copy of the job without the leak, and their memory stays flat.
+#      Then it prints the summary (documents, restarts by reason, the leaking stage, which
+#      workers leaked, throughput) and draws every worker's memory over time, restarts
+#      marked, as a PNG;
 #   5. says where to look next.
 # Running it again starts over.
 #
@@ -17,7 +21,8 @@
 #       --articles N          articles to move (default 50000: about two minutes on 2 cores)
 #       --workers N           worker processes (default 3)
 #       --memory-limit SIZE   per-worker memory limit (default 192Mi; drained at 70%)
-#       --leak-bytes N        bytes leaked per task on purpose, 0 for none (default 32768)
+#       --leak-bytes N        bytes the leaky worker leaks per task on purpose, 0 for none
+#                             (default 32768)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -61,7 +66,7 @@ source "$demo/demo.env"
 step "run: migrate-operator local --job $demo/job.yaml"
 rm -rf "$demo/logs"
 target/release/migrate-operator local --job "$demo/job.yaml" --log-dir "$demo/logs" \
-  --summary-json "$demo/summary.json" --plot "$demo/rss.png"
+  --leaky-workers 1 --summary-json "$demo/summary.json" --plot "$demo/rss.png"
 
 count=$(curl -sf -m 30 "$ES_URL/$index/_count" | sed -n 's/.*"count":\([0-9]*\).*/\1/p' || true)
 step "done"
@@ -74,8 +79,9 @@ Where to look next:
       redis-cli -u '$REDIS_URL' hgetall $queue:stats
       redis-cli -u '$REDIS_URL' hscan $queue:counts 0 count 20
       redis-cli -u '$REDIS_URL' lrange $queue:dead 0 9
-  the worker logs, one file per worker process:
+  the worker logs, one file per worker process, and the job the workers that do not leak ran:
       ls $demo/logs/
+      $demo/logs/job-without-leak.yaml
   the memory of every worker over time, against the soft and hard limits, restarts marked:
       $demo/rss.png
   the summary as JSON, and the job that ran:

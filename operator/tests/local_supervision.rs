@@ -81,6 +81,7 @@ async fn leaking_workers_are_drained_and_replaced_before_their_hard_limit() {
     }
     let hard = summary.memory.hard_bytes.expect("a hard limit");
     for w in &summary.workers {
+        assert!(w.leaky, "without --leaky-workers every worker leaks: {w:?}");
         assert!(
             w.peak_rss_bytes < hard,
             "{} reached {} bytes, hard limit {hard}",

@@ -87,6 +87,12 @@ pub struct LocalArgs {
     /// soft and hard thresholds, with each restart marked by its reason.
     #[arg(long, value_name = "FILE.png")]
     pub plot: Option<PathBuf>,
+    /// When the job has a test-only leak (testOnly.leakBytesPerTask), at most K live workers
+    /// that are not draining run with it; the others run a copy of the job without testOnly,
+    /// written to <log-dir>/job-without-leak.yaml. A leaky worker drained for memory gets a
+    /// leaky replacement [default: every worker leaks].
+    #[arg(long, value_name = "K")]
+    pub leaky_workers: Option<usize>,
 }
 
 /// Why the local supervisor stopped.
@@ -144,6 +150,15 @@ pub enum LocalError {
         /// The log of the last one.
         log: PathBuf,
     },
+    /// The copy of the job without its test-only leak cannot be written.
+    #[error("cannot write the job without its test-only leak to {path}")]
+    JobWithoutLeak {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The summary cannot be written.
     #[error("cannot write the summary to {path}")]
     Summary {
@@ -178,6 +193,7 @@ impl LocalError {
             LocalError::Process(_) => "process",
             LocalError::WorkerConfig { .. } => "worker-config",
             LocalError::CrashLoop { .. } => "crash-loop",
+            LocalError::JobWithoutLeak { .. } => "job-without-leak",
             LocalError::Summary { .. } => "summary",
             LocalError::Plot { .. } => "plot",
         }
@@ -215,9 +231,17 @@ pub async fn run(args: LocalArgs) -> Result<Summary, LocalError> {
         source,
     })?;
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let job_without_leak = match args.leaky_workers {
+        Some(_) if supervisor::job_leaks(&job) => {
+            Some(absolute(write_job_without_leak(&args.job, &args.log_dir)?))
+        }
+        _ => None,
+    };
     let launch = Launch {
         bin,
         job: job.path.clone(),
+        job_without_leak,
+        leaky_workers: args.leaky_workers,
         log_dir: absolute(args.log_dir.clone()),
         keywords_dir: args
             .keywords_dir
@@ -243,6 +267,25 @@ pub async fn run(args: LocalArgs) -> Result<Summary, LocalError> {
         std::fs::write(path, json + "\n").map_err(write)?;
     }
     Ok(summary)
+}
+
+/// Writes the job file without `testOnly` to `<log_dir>/job-without-leak.yaml`, for the
+/// workers that must not leak, and returns its path. The file is read again rather than the
+/// checked spec written out, so that the copy differs from the job only by the leak.
+fn write_job_without_leak(job: &Path, log_dir: &Path) -> Result<PathBuf, LocalError> {
+    let path = log_dir.join("job-without-leak.yaml");
+    let error = |source| LocalError::JobWithoutLeak {
+        path: path.clone(),
+        source,
+    };
+    let mut spec =
+        migrate_crds::pipeline::load(job).map_err(|e| error(std::io::Error::other(e)))?;
+    spec.test_only = None;
+    let yaml =
+        migrate_crds::pipeline::to_yaml(&spec).map_err(|e| error(std::io::Error::other(e)))?;
+    std::fs::write(&path, yaml).map_err(error)?;
+    tracing::info!(path = %path.display(), "Job without the test-only leak written.");
+    Ok(path)
 }
 
 /// Marks the run's restarts on `series` and draws it to `path`.

@@ -64,8 +64,14 @@ pub enum ProcessError {
 pub struct Launch {
     /// The `migrate-worker` binary.
     pub bin: PathBuf,
-    /// The job file, passed as `--pipeline`.
+    /// The job file, passed as `--pipeline` to workers that run it as it is.
     pub job: PathBuf,
+    /// A copy of the job without `testOnly`, passed as `--pipeline` to the workers that must
+    /// not leak; `None` when every worker runs the job as it is.
+    pub job_without_leak: Option<PathBuf>,
+    /// At most this many live workers that are not draining run with the job's test-only
+    /// leak; `None`: every worker does.
+    pub leaky_workers: Option<usize>,
     /// Folder of the per-worker log files.
     pub log_dir: PathBuf,
     /// `MIGRATE_KEYWORDS_DIR`, when known.
@@ -87,18 +93,33 @@ pub struct WorkerProcess {
     pub port: u16,
     /// Its log file (stdout and stderr).
     pub log: PathBuf,
+    /// It runs the job's test-only leak.
+    pub leaky: bool,
     child: tokio::process::Child,
     reaped: bool,
 }
 
+impl Launch {
+    /// The job file a worker gets: the job as it is when it may leak, else the copy without
+    /// the leak when there is one.
+    #[must_use]
+    pub fn pipeline(&self, leaky: bool) -> &Path {
+        match (&self.job_without_leak, leaky) {
+            (Some(calm), false) => calm,
+            _ => &self.job,
+        }
+    }
+}
+
 impl WorkerProcess {
     /// Starts `migrate-worker run --pipeline JOB` as worker `id`, listening on `port`, with
-    /// its output in `<log_dir>/<id>.log`. The worker gets a process group of its own, so a
-    /// Ctrl-C at the terminal reaches only the supervisor, which then drains the workers.
+    /// its output in `<log_dir>/<id>.log`; JOB is [`Launch::pipeline`] of `leaky`. The worker
+    /// gets a process group of its own, so a Ctrl-C at the terminal reaches only the
+    /// supervisor, which then drains the workers.
     ///
     /// # Errors
     /// [`ProcessError::Log`] or [`ProcessError::Spawn`].
-    pub fn spawn(launch: &Launch, id: &str, port: u16) -> Result<Self, ProcessError> {
+    pub fn spawn(launch: &Launch, id: &str, port: u16, leaky: bool) -> Result<Self, ProcessError> {
         let log = launch.log_dir.join(format!("{id}.log"));
         let log_error = |source| ProcessError::Log {
             path: log.clone(),
@@ -110,7 +131,7 @@ impl WorkerProcess {
         command
             .arg("run")
             .arg("--pipeline")
-            .arg(&launch.job)
+            .arg(launch.pipeline(leaky))
             .env("MIGRATE_WORKER_ID", id)
             .env("MIGRATE_LISTEN", format!("127.0.0.1:{port}"))
             .env("MIGRATE_REDIS_URL", &launch.redis_url)
@@ -141,6 +162,7 @@ impl WorkerProcess {
             pid,
             port,
             log,
+            leaky,
             child,
             reaped: false,
         })
@@ -259,6 +281,8 @@ mod tests {
         Launch {
             bin,
             job: PathBuf::from("/etc/job.yaml"),
+            job_without_leak: Some(PathBuf::from("/etc/calm.yaml")),
+            leaky_workers: Some(1),
             log_dir: dir.to_owned(),
             keywords_dir: Some(PathBuf::from("/kw")),
             redis_url: "redis://127.0.0.1:1".into(),
@@ -275,7 +299,7 @@ mod tests {
             dir.path(),
             "echo \"$* $MIGRATE_WORKER_ID $MIGRATE_LISTEN $MIGRATE_MEMORY_LIMIT_BYTES $MIGRATE_KEYWORDS_DIR $MIGRATE_REDIS_URL\"; echo oops >&2; exit 3",
         );
-        let mut worker = WorkerProcess::spawn(&launch, "local-7", 9107).unwrap();
+        let mut worker = WorkerProcess::spawn(&launch, "local-7", 9107, true).unwrap();
         let status = worker.wait().await;
         assert_eq!((status.code, status.signal), (Some(3), None));
         assert!(worker.log.ends_with("local-7.log"));
@@ -292,7 +316,7 @@ mod tests {
     async fn a_signalled_worker_is_reaped_once_with_its_signal() {
         let dir = tempfile::tempdir().unwrap();
         let launch = fake_worker(dir.path(), "exec sleep 30");
-        let mut worker = WorkerProcess::spawn(&launch, "local-1", 9101).unwrap();
+        let mut worker = WorkerProcess::spawn(&launch, "local-1", 9101, false).unwrap();
         assert_eq!(worker.try_exit(), None);
         worker.signal(Signal::SIGTERM).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -318,7 +342,22 @@ mod tests {
             bin: dir.path().join("nope"),
             ..fake_worker(dir.path(), "true")
         };
-        let err = WorkerProcess::spawn(&launch, "local-1", 9101).unwrap_err();
+        let err = WorkerProcess::spawn(&launch, "local-1", 9101, false).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    /// A worker that must not leak gets the copy of the job without the leak; without such a
+    /// copy every worker gets the job as it is.
+    #[test]
+    fn only_leaky_workers_get_the_job_with_the_leak() {
+        let dir = tempfile::tempdir().unwrap();
+        let launch = fake_worker(dir.path(), "true");
+        assert_eq!(launch.pipeline(true), Path::new("/etc/job.yaml"));
+        assert_eq!(launch.pipeline(false), Path::new("/etc/calm.yaml"));
+        let every = Launch {
+            job_without_leak: None,
+            ..launch
+        };
+        assert_eq!(every.pipeline(false), Path::new("/etc/job.yaml"));
     }
 }

@@ -69,6 +69,9 @@ pub struct WorkerSummary {
     pub exit_signal: Option<i32>,
     /// The restart reason its exit was counted under; `None` when it finished normally.
     pub reason: Option<String>,
+    /// It ran the job's test-only leak (`testOnly.leakBytesPerTask`).
+    #[serde(default)]
+    pub leaky: bool,
 }
 
 /// The memory numbers the run was supervised with.
@@ -201,6 +204,7 @@ impl Summary {
                 "worker", "pid", "tasks", "peak RSS"
             );
             for w in &self.workers {
+                let leak = if w.leaky { "leak " } else { "" };
                 let ended = match (&w.reason, w.exit_code, w.exit_signal) {
                     (Some(reason), _, _) => reason.clone(),
                     (None, Some(code), _) => format!("exit {code}"),
@@ -209,7 +213,7 @@ impl Summary {
                 };
                 let _ = writeln!(
                     out,
-                    "  {:<10} {:>8} {:>10} {:>10}  {ended}",
+                    "  {:<10} {:>8} {:>10} {:>10}  {leak}{ended}",
                     w.id,
                     w.pid,
                     format_thousands(w.tasks_done),
@@ -341,6 +345,7 @@ mod tests {
                 exit_code: Some(0),
                 exit_signal: None,
                 reason: Some("memory-soft".into()),
+                leaky: true,
             }],
             reports: vec![],
         }
@@ -364,7 +369,7 @@ mod tests {
             "restarts                memory-soft 2",
             "leaking stage           enrich (e.g. stage enrich retained +38 MiB over 600 tasks)",
             "250.0 docs/s",
-            "local-1          42      1,200    103 MiB  memory-soft",
+            "local-1          42      1,200    103 MiB  leak memory-soft",
         ] {
             assert!(
                 table.contains(expected),

@@ -110,6 +110,7 @@ impl Tracked {
             exit_code: self.exit.as_ref().and_then(|e| e.code),
             exit_signal: self.exit.as_ref().and_then(|e| e.signal),
             reason: reason.map(|r| r.as_str().to_owned()),
+            leaky: self.process.leaky,
         }
     }
 }
@@ -314,11 +315,21 @@ impl Supervisor {
         self.policy = decision.state;
         let mut flow = Flow::Continue;
         let mut reports = Vec::new();
+        // Workers this round stops no longer count as leaky, whatever the order of the
+        // actions: a leaky worker drained for memory gets a leaky replacement.
+        let leaving: HashSet<String> = decision
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Drain { worker, .. } | Action::Kill { worker, .. } => Some(worker.clone()),
+                _ => None,
+            })
+            .collect();
         for action in decision.actions {
             match action {
                 Action::Start { count } => {
                     for _ in 0..count {
-                        self.start_worker(now)?;
+                        self.start_worker(now, &leaving)?;
                     }
                 }
                 Action::Drain {
@@ -466,7 +477,9 @@ impl Supervisor {
         }
     }
 
-    fn start_worker(&mut self, now: Duration) -> Result<(), LocalError> {
+    /// Starts the next worker, with the job's test-only leak while fewer than
+    /// `--leaky-workers` live workers that stay (not draining, not in `leaving`) leak.
+    fn start_worker(&mut self, now: Duration, leaving: &HashSet<String>) -> Result<(), LocalError> {
         let id = format!("local-{}", self.next_worker);
         self.next_worker += 1;
         let taken: HashSet<u16> = self.workers.iter().map(|w| w.process.port).collect();
@@ -476,8 +489,20 @@ impl Supervisor {
                 from: self.base_port,
             })
         })?;
-        let process = WorkerProcess::spawn(&self.launch, &id, port).map_err(LocalError::Process)?;
-        info!(worker = %id, pid = process.pid, port, log = %process.log.display(), "Worker started.");
+        let staying_leaky = self
+            .workers
+            .iter()
+            .filter(|w| w.process.leaky && w.alive() && w.draining.is_none())
+            .filter(|w| !leaving.contains(&w.process.id))
+            .count();
+        let leaky = next_worker_leaks(
+            job_leaks(&self.job),
+            self.launch.leaky_workers,
+            staying_leaky,
+        );
+        let process =
+            WorkerProcess::spawn(&self.launch, &id, port, leaky).map_err(LocalError::Process)?;
+        info!(worker = %id, pid = process.pid, port, leaky, log = %process.log.display(), "Worker started.");
         self.workers.push(Tracked {
             process,
             started: now,
@@ -881,6 +906,22 @@ fn describe(report: &Report) -> String {
     }
 }
 
+/// Whether the job makes its workers leak on purpose (`testOnly.leakBytesPerTask`).
+pub(super) fn job_leaks(job: &LocalJob) -> bool {
+    job.spec
+        .test_only
+        .as_ref()
+        .is_some_and(|t| t.leak_bytes_per_task > 0)
+}
+
+/// Whether a worker started now runs the job's test-only leak: never when the job has none;
+/// always without a `limit` (`--leaky-workers`); else only while fewer than `limit` live
+/// workers that are staying (not draining) leak, so a leaky worker drained for memory gets a
+/// leaky replacement and the others keep running without the leak.
+fn next_worker_leaks(job_leaks: bool, limit: Option<usize>, staying_leaky: usize) -> bool {
+    job_leaks && limit.is_none_or(|k| staying_leaky < k)
+}
+
 fn worker_number(id: &str) -> u64 {
     id.rsplit('-')
         .next()
@@ -921,6 +962,30 @@ mod tests {
         };
         assert_eq!(oom(Some(1)), oom(Some(2)));
         assert_ne!(at(11), oom(None));
+    }
+
+    /// `--leaky-workers 1` with three workers: the first leaks, the next two do not; the
+    /// leaky one's replacement (started while it drains) leaks again, a calm one's does not.
+    #[test]
+    fn at_most_the_asked_number_of_staying_workers_leak() {
+        let one = Some(1);
+        assert!(next_worker_leaks(true, one, 0), "the first worker leaks");
+        assert!(!next_worker_leaks(true, one, 1), "the second does not");
+        assert!(!next_worker_leaks(true, one, 1), "nor the third");
+        assert!(
+            next_worker_leaks(true, one, 0),
+            "the replacement of the drained leaky worker leaks"
+        );
+        assert!(next_worker_leaks(true, Some(2), 1));
+        assert!(!next_worker_leaks(true, Some(0), 0), "zero: none leaks");
+        assert!(
+            next_worker_leaks(true, None, 7),
+            "no limit: every worker leaks"
+        );
+        assert!(
+            !next_worker_leaks(false, None, 0),
+            "a job without a leak has no leaky worker"
+        );
     }
 
     #[test]
