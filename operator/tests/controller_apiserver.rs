@@ -13,57 +13,21 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, CustomResourceExt, ResourceExt};
+use kube::{Client, ResourceExt};
 use migrate_crds::pipeline::{example_spec, from_yaml};
 use migrate_crds::{MigrateJob, MigrateJobSpec, MigrateJobStatus, Mode};
 use migrate_e2e::env::{Service, TestEnv, unique_name};
+use migrate_e2e::k8s::{self, DEADLINE, eventually};
 use migrate_operator::controller::observe::RedisQueues;
 use migrate_operator::controller::{self, FINALIZER};
 use migrate_operator::leader::{LeaderElector, LeaseConfig};
 use redis::AsyncCommands;
 use serde_json::json;
 use tokio::sync::{oneshot, watch};
-
-const ADMIN: &str = "migrate-operator-tests";
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Polls `probe` every 200 ms until it returns `Some`, failing after `DEADLINE`.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn kube_config(env: &TestEnv) -> kube::Config {
-    let path = env
-        .kubeconfig
-        .clone()
-        .expect("a kubeconfig: run tests/testbed/up.sh k8s");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("readable kubeconfig");
-    kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .expect("valid kubeconfig")
-}
 
 /// One test's world: a namespace, the operator's ServiceAccount bound to the role, a Redis
 /// Secret, and the controller running with the account's token.
@@ -80,80 +44,14 @@ impl Harness {
     async fn start(prefix: &str) -> Self {
         let env = TestEnv::load();
         env.require(&[Service::Kubernetes, Service::Redis]).await;
-        let config = kube_config(&env).await;
-        let admin = Client::try_from(config.clone()).expect("admin client");
-        install_crd(&admin).await;
-        let ns = unique_name(prefix).replace('_', "-");
-
-        let namespaces: Api<Namespace> = Api::all(admin.clone());
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-            )
-            .await
-            .expect("create namespace");
-
-        // The role exactly as shipped.
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/rbac/role.yaml"
-        ))
-        .expect("deploy/rbac/role.yaml");
-        let role: ClusterRole = serde_saphyr::from_str(&text).expect("role.yaml is a ClusterRole");
-        let role_name = role.name_any();
-        Api::<ClusterRole>::all(admin.clone())
-            .patch(
-                &role_name,
-                &PatchParams::apply(ADMIN).force(),
-                &Patch::Apply(&with_type(
-                    &role,
-                    "rbac.authorization.k8s.io/v1",
-                    "ClusterRole",
-                )),
-            )
-            .await
-            .expect("apply the ClusterRole");
-        let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
-        accounts
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": "migrate-operator"}})).unwrap(),
-            )
-            .await
-            .expect("create ServiceAccount");
-        let binding: ClusterRoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": format!("{ns}-operator")},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-            "subjects": [{"kind": "ServiceAccount", "name": "migrate-operator", "namespace": ns}]
-        }))
-        .unwrap();
-        Api::<ClusterRoleBinding>::all(admin.clone())
-            .create(&PostParams::default(), &binding)
-            .await
-            .expect("create ClusterRoleBinding");
-        let token = accounts
-            .create_token_request(
-                "migrate-operator",
-                &PostParams::default(),
-                &TokenRequest {
-                    metadata: Default::default(),
-                    spec: TokenRequestSpec {
-                        expiration_seconds: Some(3600),
-                        ..TokenRequestSpec::default()
-                    },
-                    status: None,
-                },
-            )
-            .await
-            .expect("TokenRequest")
-            .status
-            .expect("token status")
-            .token;
-        let mut operator_config = config.clone();
-        operator_config.auth_info =
-            serde_json::from_value(json!({"token": token})).expect("token auth");
-        let operator = Client::try_from(operator_config).expect("operator client");
+        let config = k8s::admin_config().await;
+        let admin = k8s::client(config.clone());
+        k8s::install_crd(&admin).await;
+        let ns = k8s::fresh_name(prefix);
+        k8s::create_namespace(&admin, &ns).await;
+        // The operator runs with the permissions of the shipped role only.
+        let token = k8s::operator_token(&admin, &ns).await;
+        let operator = k8s::client(k8s::with_token(&config, &token));
 
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": "migrate-redis"},
@@ -217,12 +115,7 @@ impl Harness {
     }
 
     async fn create_job(&self, name: &str, spec: MigrateJobSpec) -> MigrateJob {
-        let mut job = MigrateJob::new(name, spec);
-        job.metadata.namespace = Some(self.ns.clone());
-        self.jobs()
-            .create(&PostParams::default(), &job)
-            .await
-            .expect("create MigrateJob")
+        k8s::create_job(&self.admin, &self.ns, name, spec).await
     }
 
     async fn pod_names(&self, job: &str) -> BTreeSet<String> {
@@ -238,7 +131,7 @@ impl Harness {
     }
 
     async fn wait_for_pods(&self, job: &str, count: usize) -> BTreeSet<String> {
-        eventually(&format!("{count} pods of {job}"), || async move {
+        eventually(DEADLINE, &format!("{count} pods of {job}"), || async move {
             let names = self.pod_names(job).await;
             (names.len() == count).then_some(names)
         })
@@ -252,7 +145,7 @@ impl Harness {
         ok: impl Fn(&MigrateJobStatus) -> bool,
     ) -> MigrateJobStatus {
         let ok = &ok;
-        eventually(what, || async move {
+        eventually(DEADLINE, what, || async move {
             let found = self.jobs().get_opt(job).await.expect("get job")?;
             found.status.filter(|s| ok(s))
         })
@@ -260,14 +153,7 @@ impl Harness {
     }
 
     async fn events_of(&self, job: &str) -> Vec<Event> {
-        Api::<Event>::namespaced(self.admin.clone(), &self.ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list events")
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job))
-            .collect()
+        k8s::events_about(&self.admin, &self.ns, job).await
     }
 
     /// Stops the controller, removes what the test created, finalizes the namespace.
@@ -278,82 +164,17 @@ impl Harness {
         if let Some(handle) = self.controller.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
         }
-        for job in self
-            .jobs()
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            let _ = self
-                .jobs()
-                .patch(
-                    &job.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                )
-                .await;
-            let _ = self
-                .jobs()
-                .delete(&job.name_any(), &DeleteParams::default())
-                .await;
-        }
-        let _ = self
-            .pods()
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
+        k8s::remove_jobs(&self.admin, &self.ns).await;
+        k8s::remove_pods(&self.admin, &self.ns).await;
         let _ = Api::<ConfigMap>::namespaced(self.admin.clone(), &self.ns)
             .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await;
         let _ = Api::<PodDisruptionBudget>::namespaced(self.admin.clone(), &self.ns)
             .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await;
-        let _ = Api::<ClusterRoleBinding>::all(self.admin.clone())
-            .delete(&format!("{}-operator", self.ns), &DeleteParams::default())
-            .await;
-        let namespaces: Api<Namespace> = Api::all(self.admin.clone());
-        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
-        // No namespace controller in the testbed: empty the finalizers so the namespace goes.
-        let body: Namespace = serde_json::from_value(
-            json!({"metadata": {"name": self.ns}, "spec": {"finalizers": []}}),
-        )
-        .unwrap();
-        let _ = namespaces
-            .replace_subresource("finalize", &self.ns, &PostParams::default(), &body)
-            .await;
+        k8s::remove_operator_binding(&self.admin, &self.ns).await;
+        k8s::remove_namespace(&self.admin, &self.ns).await;
     }
-}
-
-fn with_type<T: serde::Serialize>(object: &T, api_version: &str, kind: &str) -> serde_json::Value {
-    let mut value = serde_json::to_value(object).unwrap();
-    value["apiVersion"] = json!(api_version);
-    value["kind"] = json!(kind);
-    value
-}
-
-async fn install_crd(client: &Client) {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../crds/migratejob.yaml"
-    ))
-    .expect("crds/migratejob.yaml");
-    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("a CRD");
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = MigrateJob::crd_name();
-    api.patch(
-        name,
-        &PatchParams::apply(ADMIN).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    tokio::time::timeout(
-        DEADLINE,
-        await_condition(api, name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established")
-    .expect("watch CRD");
 }
 
 fn spec(queue: &str) -> MigrateJobSpec {
@@ -457,7 +278,7 @@ async fn a_migrate_job_gets_pods_configmap_pdb_status_and_events() {
     let fetched = h.jobs().get("articles").await.expect("job");
     assert!(fetched.finalizers().iter().any(|f| f == FINALIZER));
 
-    let events = eventually("a ScaledUp event", || async {
+    let events = eventually(DEADLINE, "a ScaledUp event", || async {
         let events = h.events_of("articles").await;
         events
             .iter()
@@ -637,7 +458,7 @@ async fn an_oom_killed_pod_is_counted_requeued_and_replaced() {
         Some("oom-killed")
     );
 
-    let replaced = eventually("a replacement pod", || async {
+    let replaced = eventually(DEADLINE, "a replacement pod", || async {
         let names = h.pod_names("oom").await;
         (names.len() == 1 && !names.contains(&first)).then_some(names)
     })
@@ -725,7 +546,7 @@ async fn deleting_the_job_requeues_in_flight_ids_and_cleans_up() {
         .delete("doomed", &DeleteParams::default())
         .await
         .expect("delete job");
-    eventually("the job gone", || async {
+    eventually(DEADLINE, "the job gone", || async {
         h.jobs()
             .get_opt("doomed")
             .await
@@ -782,7 +603,7 @@ async fn an_invalid_spec_is_degraded_with_an_event_and_no_pods() {
             .message
             .contains("source.queries[1].sql")
     );
-    eventually("an InvalidSpec event", || async {
+    eventually(DEADLINE, "an InvalidSpec event", || async {
         h.events_of("broken")
             .await
             .iter()
@@ -818,7 +639,7 @@ async fn only_one_of_two_candidates_leads_and_the_other_takes_over() {
     };
     let (a, stop_a, task_a) = candidate("a");
     let (b, stop_b, task_b) = candidate("b");
-    let leader = eventually("a leader", || async {
+    let leader = eventually(DEADLINE, "a leader", || async {
         match (*a.borrow(), *b.borrow()) {
             (true, false) => Some('a'),
             (false, true) => Some('b'),
@@ -838,7 +659,7 @@ async fn only_one_of_two_candidates_leads_and_the_other_takes_over() {
     };
     let _ = stop_leader.send(());
     leader_task.await.expect("leader stopped");
-    eventually("the other candidate leads", || async {
+    eventually(DEADLINE, "the other candidate leads", || async {
         (*follower.borrow()).then_some(())
     })
     .await;
@@ -902,7 +723,7 @@ async fn a_worker_above_its_hard_memory_limit_is_killed_and_replaced() {
         (first.as_str(), "memory-hard")
     );
     assert_eq!(last.memory_bytes, Some(1_048_576_000));
-    eventually("a replacement pod", || async {
+    eventually(DEADLINE, "a replacement pod", || async {
         let names = h.pod_names("hungry").await;
         (names.len() == 1 && !names.contains(&first)).then_some(())
     })

@@ -7,11 +7,9 @@
 
 mod k8s_support;
 
-use k8s_support::{
-    DryRun, admin_client, create_namespace, documents, dry_run_apply, fresh_name, install_crd,
-    read, remove_namespace,
-};
+use k8s_support::{DryRun, documents, dry_run_apply, read};
 use migrate_crds::pipeline::from_yaml;
+use migrate_e2e::k8s::{admin_client, create_namespace, fresh_name, install_crd, remove_namespace};
 
 const MANIFESTS: [&str; 3] = [
     "examples/secrets.yaml",

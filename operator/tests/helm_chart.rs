@@ -30,9 +30,10 @@ use kube::Client;
 use kube::api::Api;
 use serde_json::Value;
 
-use k8s_support::{
-    DryRun, admin_client, create_namespace, describe, documents, dry_run_apply, fresh_name,
-    install_crd, kubeconfig_path, read, remove_namespace, repo, shipped_rules,
+use k8s_support::{DryRun, describe, documents, dry_run_apply, read, shipped_rules};
+use migrate_e2e::env::repo_root;
+use migrate_e2e::k8s::{
+    admin_client, create_namespace, fresh_name, install_crd, kubeconfig_path, remove_namespace,
 };
 
 /// The chart, relative to the repository root.
@@ -226,7 +227,7 @@ impl Helm {
     fn new() -> Self {
         let from_file = || {
             let dir = std::env::var_os("TESTBED_DIR")
-                .map_or_else(|| repo().join(".testbed"), PathBuf::from);
+                .map_or_else(|| repo_root().join(".testbed"), PathBuf::from);
             std::fs::read_to_string(dir.join("env"))
                 .ok()?
                 .lines()
@@ -257,7 +258,7 @@ impl Helm {
         let mut command = tokio::process::Command::new(&self.bin);
         command
             .args(args)
-            .current_dir(repo())
+            .current_dir(repo_root())
             .env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_CONFIG_HOME", home.join("config"))
             .env("HELM_DATA_HOME", home.join("data"))
@@ -501,7 +502,7 @@ async fn every_option_renders_namespaced_rbac_and_the_optional_objects() {
         "50%"
     );
 
-    let mut dashboards: Vec<String> = std::fs::read_dir(repo().join(CHART).join("dashboards"))
+    let mut dashboards: Vec<String> = std::fs::read_dir(repo_root().join(CHART).join("dashboards"))
         .map(|dir| {
             dir.filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -5,77 +5,13 @@
 // Test helpers outside `#[test]` functions fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, CustomResourceExt};
 use migrate_crds::pipeline::example_spec;
 use migrate_crds::{MigrateJob, MigrateJobSpec};
-use migrate_e2e::env::TestEnv;
+use migrate_e2e::k8s::{admin_client, fresh_name, install_crd};
 use serde_json::json;
 
 const MANAGER: &str = "migrate-operator-smoke";
-
-/// A client for the testbed's API server; fails loudly when there is none.
-async fn client() -> Client {
-    let env = TestEnv::load();
-    let path = env.kubeconfig.clone().unwrap_or_else(|| {
-        panic!("no KUBECONFIG and no .testbed/env with one: start the control plane with `tests/testbed/up.sh k8s`")
-    });
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("bad kubeconfig {}: {e}", path.display()));
-    let client = Client::try_from(config).expect("client from kubeconfig");
-    client.apiserver_version().await.unwrap_or_else(|e| {
-        panic!(
-            "the API server named by {} does not answer ({e}): run tests/testbed/up.sh k8s",
-            path.display()
-        )
-    });
-    client
-}
-
-/// Applies the committed CRD (exactly the file users apply) and waits until it is served.
-async fn install_crd(client: &Client) {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../crds/migratejob.yaml"
-    ))
-    .expect("crds/migratejob.yaml");
-    let crd: CustomResourceDefinition =
-        serde_saphyr::from_str(&text).expect("crds/migratejob.yaml is a CustomResourceDefinition");
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = MigrateJob::crd_name();
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("the API server accepts the generated CRD");
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(api, name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established within 30 s")
-    .expect("watching the CRD");
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
 
 fn job(name: &str, spec: MigrateJobSpec) -> MigrateJob {
     let mut job = MigrateJob::new(name, spec);
@@ -86,10 +22,10 @@ fn job(name: &str, spec: MigrateJobSpec) -> MigrateJob {
 /// The generated CRD installs, and a MigrateJob round-trips with its defaults applied.
 #[tokio::test]
 async fn a_migrate_job_round_trips_through_the_api_server() {
-    let client = client().await;
+    let client = admin_client().await;
     install_crd(&client).await;
     let api: Api<MigrateJob> = Api::namespaced(client, "default");
-    let name = unique("smoke-roundtrip");
+    let name = fresh_name("smoke-roundtrip");
     let created = api
         .create(&PostParams::default(), &job(&name, example_spec()))
         .await
@@ -106,10 +42,10 @@ async fn a_migrate_job_round_trips_through_the_api_server() {
 /// The status subresource takes a server-side-applied status without touching the spec.
 #[tokio::test]
 async fn status_is_written_through_the_status_subresource() {
-    let client = client().await;
+    let client = admin_client().await;
     install_crd(&client).await;
     let api: Api<MigrateJob> = Api::namespaced(client, "default");
-    let name = unique("smoke-status");
+    let name = fresh_name("smoke-status");
     api.create(&PostParams::default(), &job(&name, example_spec()))
         .await
         .expect("create");
@@ -152,10 +88,10 @@ async fn status_is_written_through_the_status_subresource() {
 /// and the status side reads `status.replicas` and `status.selector`.
 #[tokio::test]
 async fn the_scale_subresource_sets_spec_replicas() {
-    let client = client().await;
+    let client = admin_client().await;
     install_crd(&client).await;
     let api: Api<MigrateJob> = Api::namespaced(client, "default");
-    let name = unique("smoke-scale");
+    let name = fresh_name("smoke-scale");
     api.create(&PostParams::default(), &job(&name, example_spec()))
         .await
         .expect("create");
@@ -195,7 +131,7 @@ async fn the_scale_subresource_sets_spec_replicas() {
 /// Invalid specs are rejected at admission with the CEL rule's message, naming the field.
 #[tokio::test]
 async fn invalid_jobs_are_rejected_with_a_message_a_person_understands() {
-    let client = client().await;
+    let client = admin_client().await;
     install_crd(&client).await;
     let api: Api<MigrateJob> = Api::namespaced(client, "default");
     let mut cases: Vec<(MigrateJobSpec, &str)> = Vec::new();
@@ -235,7 +171,7 @@ async fn invalid_jobs_are_rejected_with_a_message_a_person_understands() {
     cases.push((spec, "spec.source.queries"));
 
     for (spec, message) in cases {
-        let name = unique("smoke-invalid");
+        let name = fresh_name("smoke-invalid");
         let err = api
             .create(&PostParams::default(), &job(&name, spec))
             .await

@@ -1,48 +1,26 @@
-//! What the chart and example tests share: the repository's paths, the testbed's admin client,
-//! throw-away namespaces, the CRD, and a server-side dry run of arbitrary manifests.
+//! What the chart and example tests share beyond [`migrate_e2e::k8s`]: the repository's files,
+//! YAML streams, and a server-side dry run of arbitrary manifests.
 
 // Test helpers fail the test loudly on purpose.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use k8s_openapi::api::rbac::v1::PolicyRule;
+use kube::Client;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::{self, Scope};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, CustomResourceExt};
-use migrate_crds::MigrateJob;
-use migrate_e2e::env::{Service, TestEnv, unique_name};
-use serde_json::{Value, json};
-
-/// Field manager of the tests' writes (and of their dry runs).
-pub const MANAGER: &str = "migrate-operator-chart-tests";
-
-/// How long a wait on the API server may take.
-pub const DEADLINE: Duration = Duration::from_secs(30);
-
-/// The repository root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("operator/ has a parent")
-        .to_path_buf()
-}
+use migrate_e2e::env::repo_root;
+use migrate_e2e::k8s::{MANAGER, shipped_role};
+use serde_json::Value;
 
 /// Reads a file of the repository as text.
 pub fn read(relative: &str) -> String {
-    let path = repo().join(relative);
+    let path = repo_root().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
 /// The rules of `deploy/rbac/role.yaml`, the operator's least-privilege role.
 pub fn shipped_rules() -> Vec<PolicyRule> {
-    let role: ClusterRole =
-        serde_saphyr::from_str(&read("deploy/rbac/role.yaml")).expect("role.yaml is a ClusterRole");
-    role.rules.expect("role.yaml has rules")
+    shipped_role().rules.expect("role.yaml has rules")
 }
 
 /// Every document of a multi-document YAML stream, empty documents left out.
@@ -59,84 +37,6 @@ pub fn describe(doc: &Value) -> String {
         doc["kind"].as_str().unwrap_or("?"),
         doc["metadata"]["name"].as_str().unwrap_or("?")
     )
-}
-
-/// The testbed's admin client (`tests/testbed/up.sh k8s`); fails the test when the API server
-/// does not answer.
-pub async fn admin_client() -> Client {
-    let env = TestEnv::load();
-    env.require(&[Service::Kubernetes]).await;
-    let path = env
-        .kubeconfig
-        .expect("a kubeconfig: run tests/testbed/up.sh k8s");
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("readable kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .expect("valid kubeconfig");
-    Client::try_from(config).expect("admin client")
-}
-
-/// The kubeconfig file of the testbed (for helm).
-pub fn kubeconfig_path() -> PathBuf {
-    TestEnv::load()
-        .kubeconfig
-        .expect("a kubeconfig: run tests/testbed/up.sh k8s")
-}
-
-/// A fresh namespace name (DNS label) starting with `prefix`.
-pub fn fresh_name(prefix: &str) -> String {
-    let mut name = unique_name(prefix).replace('_', "-").to_lowercase();
-    name.truncate(63);
-    name.trim_end_matches('-').to_owned()
-}
-
-/// Creates namespace `name`.
-pub async fn create_namespace(client: &Client, name: &str) {
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
-}
-
-/// Deletes namespace `name` and empties its finalizers: the testbed has no namespace
-/// controller, so a deleted namespace would otherwise stay Terminating forever.
-pub async fn remove_namespace(client: &Client, name: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(name, &Default::default()).await;
-    let body: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"finalizers": []}}))
-            .unwrap();
-    let _ = namespaces
-        .replace_subresource("finalize", name, &PostParams::default(), &body)
-        .await;
-}
-
-/// Applies `crds/migratejob.yaml` and waits until the CRD is established.
-pub async fn install_crd(client: &Client) {
-    let crd: CustomResourceDefinition =
-        serde_saphyr::from_str(&read("crds/migratejob.yaml")).expect("a CRD");
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = MigrateJob::crd_name();
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    tokio::time::timeout(
-        DEADLINE,
-        await_condition(api, name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established")
-    .expect("watch CRD");
 }
 
 /// Why a manifest was not validated.

@@ -7,6 +7,8 @@
 //!   author, keyword and blacklist files), loaded fast into MariaDB, ids pushed to Redis, and an
 //!   independent oracle ([`datagen::expected`]) that recomputes what the worker must produce.
 //! - [`search`]: small helpers over the Elasticsearch/OpenSearch REST API.
+//! - [`k8s`]: clients for the testbed's kube-apiserver, the CRD, throw-away namespaces, a token
+//!   bound to exactly the shipped RBAC role, and polling with a deadline.
 //!
 //! Every function here panics with a message naming its input when something fails: a test kit
 //! exists to make a test fail loudly, and callers are tests.
@@ -24,6 +26,7 @@
 
 pub mod datagen;
 pub mod env;
+pub mod k8s;
 pub mod search;
 
 /// Fails the calling test with `message`. The one place this crate panics (see the crate docs).

@@ -20,20 +20,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, CustomResourceExt, ResourceExt};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 use migrate_crds::{
     EnrichFailurePolicy, MigrateJob, MigrateJobSpec, MigrateJobStatus, Mode, Phase, TestOnlySpec,
 };
 use migrate_e2e::datagen::{self, DataSetSpec, FIRST_ID};
 use migrate_e2e::env::{Service, TestEnv, repo_root, unique_name};
+use migrate_e2e::k8s;
 use migrate_e2e::search;
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -56,27 +53,6 @@ const LEAK_STAGE: &str = "enrich";
 const KILL_EVERY: Duration = Duration::from_secs(10);
 /// How long the job may take to complete.
 const RUN_LIMIT: Duration = Duration::from_secs(420);
-/// Field manager of the test's own writes.
-const ADMIN: &str = "podrunner-mission";
-
-/// Polls `probe` every 500 ms until it returns `Some`, failing after `limit` with `what`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 /// The `migrate-operator` and `migrate-worker` binaries next to this crate's binary (same
 /// profile), built with cargo when missing.
@@ -172,106 +148,11 @@ impl Drop for Process {
     }
 }
 
-async fn admin_client(kubeconfig: &Path) -> (Client, kube::config::Kubeconfig) {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("readable kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(
-        kc.clone(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .expect("valid kubeconfig");
-    (Client::try_from(config).expect("admin client"), kc)
-}
-
-fn with_type<T: serde::Serialize>(object: &T, api_version: &str, kind: &str) -> serde_json::Value {
-    let mut value = serde_json::to_value(object).unwrap();
-    value["apiVersion"] = json!(api_version);
-    value["kind"] = json!(kind);
-    value
-}
-
-async fn install_crd(client: &Client) {
-    let text = std::fs::read_to_string(repo_root().join("crds/migratejob.yaml")).unwrap();
-    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("a CRD");
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = MigrateJob::crd_name();
-    api.patch(
-        name,
-        &PatchParams::apply(ADMIN).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply the CRD");
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(api, name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established")
-    .expect("watch the CRD");
-}
-
-/// Creates the namespace, the role as shipped, a ServiceAccount bound to it, and returns a
+/// Creates the namespace and a ServiceAccount bound to the role as shipped, and returns a
 /// kubeconfig (JSON) carrying that account's token.
 async fn operator_kubeconfig(admin: &Client, kc: &kube::config::Kubeconfig, ns: &str) -> String {
-    Api::<Namespace>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .expect("create the namespace");
-    let text = std::fs::read_to_string(repo_root().join("deploy/rbac/role.yaml")).unwrap();
-    let role: ClusterRole = serde_saphyr::from_str(&text).expect("role.yaml is a ClusterRole");
-    let role_name = role.name_any();
-    Api::<ClusterRole>::all(admin.clone())
-        .patch(
-            &role_name,
-            &PatchParams::apply(ADMIN).force(),
-            &Patch::Apply(&with_type(
-                &role,
-                "rbac.authorization.k8s.io/v1",
-                "ClusterRole",
-            )),
-        )
-        .await
-        .expect("apply the ClusterRole");
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
-    accounts
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "migrate-operator"}})).unwrap(),
-        )
-        .await
-        .expect("create the ServiceAccount");
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("{ns}-operator")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-        "subjects": [{"kind": "ServiceAccount", "name": "migrate-operator", "namespace": ns}]
-    }))
-    .unwrap();
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("create the ClusterRoleBinding");
-    let token = accounts
-        .create_token_request(
-            "migrate-operator",
-            &PostParams::default(),
-            &TokenRequest {
-                metadata: Default::default(),
-                spec: TokenRequestSpec {
-                    expiration_seconds: Some(3600),
-                    ..TokenRequestSpec::default()
-                },
-                status: None,
-            },
-        )
-        .await
-        .expect("TokenRequest")
-        .status
-        .expect("a token")
-        .token;
+    k8s::create_namespace(admin, ns).await;
+    let token = k8s::operator_token(admin, ns).await;
     let cluster = kc
         .clusters
         .first()
@@ -298,43 +179,10 @@ async fn operator_kubeconfig(admin: &Client, kc: &kube::config::Kubeconfig, ns: 
 /// Removes what the test created in the cluster; the namespace is finalized by hand (the
 /// testbed has no namespace controller).
 async fn remove_namespace(admin: &Client, ns: &str) {
-    let jobs: Api<MigrateJob> = Api::namespaced(admin.clone(), ns);
-    for job in jobs
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        let _ = jobs
-            .patch(
-                &job.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-            )
-            .await;
-        let _ = jobs.delete(&job.name_any(), &DeleteParams::default()).await;
-    }
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
-    let _ = pods
-        .delete_collection(
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..DeleteParams::default()
-            },
-            &ListParams::default(),
-        )
-        .await;
-    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
-        .delete(&format!("{ns}-operator"), &DeleteParams::default())
-        .await;
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    let _ = namespaces.delete(ns, &DeleteParams::default()).await;
-    let body: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": ns}, "spec": {"finalizers": []}}))
-            .unwrap();
-    let _ = namespaces
-        .replace_subresource("finalize", ns, &PostParams::default(), &body)
-        .await;
+    k8s::remove_jobs(admin, ns).await;
+    k8s::remove_pods(admin, ns).await;
+    k8s::remove_operator_binding(admin, ns).await;
+    k8s::remove_namespace(admin, ns).await;
 }
 
 async fn create_index(es_url: &str, index: &str) {
@@ -441,13 +289,14 @@ impl World {
         ])
         .await;
         let kubeconfig = env.kubeconfig.clone().unwrap();
-        let (admin, kc) = admin_client(&kubeconfig).await;
-        install_crd(&admin).await;
+        let kc = k8s::read_kubeconfig(&kubeconfig);
+        let admin = k8s::client_from(&kubeconfig).await;
+        k8s::install_crd(&admin).await;
         let runner_bin = PathBuf::from(env!("CARGO_BIN_EXE_testbed-podrunner"));
         let operator_bin = workspace_bin("migrate-operator", "migrate-operator");
         let worker_bin = workspace_bin("migrate-worker", "migrate-worker");
         let dir = tempfile::tempdir().unwrap();
-        let ns = unique_name(name).replace('_', "-");
+        let ns = k8s::fresh_name(name);
         let mut guard = Cleanup {
             kubeconfig: kubeconfig.clone(),
             ns: ns.clone(),
@@ -588,23 +437,11 @@ impl World {
     }
 
     async fn create_job(&self, name: &str, spec: MigrateJobSpec) {
-        let mut job = MigrateJob::new(name, spec);
-        job.metadata.namespace = Some(self.ns.clone());
-        self.jobs()
-            .create(&PostParams::default(), &job)
-            .await
-            .expect("create the MigrateJob");
+        k8s::create_job(&self.admin, &self.ns, name, spec).await;
     }
 
     async fn events_of(&self, job: &str) -> Vec<Event> {
-        Api::<Event>::namespaced(self.admin.clone(), &self.ns)
-            .list(&ListParams::default())
-            .await
-            .expect("list events")
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(job))
-            .collect()
+        k8s::events_about(&self.admin, &self.ns, job).await
     }
 
     /// The operator's and the runner's last log lines, for failure messages.
@@ -729,7 +566,7 @@ async fn a_leaking_job_with_poison_and_killed_workers_completes_exactly_once_on_
     let wall = started.elapsed();
     done.store(true, Ordering::SeqCst);
     let pods = w.pods();
-    eventually(
+    k8s::eventually(
         Duration::from_secs(90),
         "every worker pod to be gone",
         || {
@@ -930,7 +767,7 @@ async fn a_scaled_down_worker_is_stopped_gracefully_and_counted_once() {
     let jobs = w.jobs();
     let status_where = |what: &'static str, ok: fn(&MigrateJobStatus) -> bool| {
         let jobs = jobs.clone();
-        eventually(Duration::from_secs(120), what, move || {
+        k8s::eventually(Duration::from_secs(120), what, move || {
             let jobs = jobs.clone();
             async move {
                 let s = jobs.get("scaled").await.ok()?.status?;
@@ -955,7 +792,7 @@ async fn a_scaled_down_worker_is_stopped_gracefully_and_counted_once() {
     .await
     .expect("scale to 1");
     let pods = w.pods();
-    let after = eventually(Duration::from_secs(60), "one pod left", || {
+    let after = k8s::eventually(Duration::from_secs(60), "one pod left", || {
         let pods = pods.clone();
         async move {
             let left = names(pods.list(&ListParams::default()).await.ok()?.items);
@@ -1037,7 +874,7 @@ struct DataNames {
 }
 
 async fn remove_all(kubeconfig: &Path, ns: &str, data: Option<&DataNames>) {
-    let (admin, _) = admin_client(kubeconfig).await;
+    let admin = k8s::client_from(kubeconfig).await;
     remove_namespace(&admin, ns).await;
     let Some(d) = data else {
         return;

@@ -14,34 +14,15 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ContainerStateTerminated, Namespace, Node, Pod, Secret,
-};
-use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use migrate_e2e::env::{TestEnv, unique_name};
+use k8s_openapi::api::core::v1::{ConfigMap, ContainerStateTerminated, Node, Pod, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use migrate_e2e::env::TestEnv;
+use migrate_e2e::k8s::{self, eventually};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
+/// How long a pod or the Node may take to reach the state a test waits for.
 const LIMIT: Duration = Duration::from_secs(60);
-
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < LIMIT,
-            "timed out after {LIMIT:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The runner process, stopped with SIGTERM when dropped.
 struct Runner {
@@ -86,35 +67,9 @@ struct NamespaceGuard {
 }
 
 async fn remove_namespace(kubeconfig: &std::path::Path, ns: &str) {
-    let Ok(kc) = kube::config::Kubeconfig::read_from(kubeconfig) else {
-        return;
-    };
-    let Ok(config) =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await
-    else {
-        return;
-    };
-    let Ok(client) = Client::try_from(config) else {
-        return;
-    };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let _ = pods
-        .delete_collection(
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..DeleteParams::default()
-            },
-            &ListParams::default(),
-        )
-        .await;
-    let namespaces: Api<Namespace> = Api::all(client);
-    let _ = namespaces.delete(ns, &DeleteParams::default()).await;
-    let body: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": ns}, "spec": {"finalizers": []}}))
-            .unwrap();
-    let _ = namespaces
-        .replace_subresource("finalize", ns, &PostParams::default(), &body)
-        .await;
+    let client = k8s::client_from(kubeconfig).await;
+    k8s::remove_pods(&client, ns).await;
+    k8s::remove_namespace(&client, ns).await;
 }
 
 impl Drop for NamespaceGuard {
@@ -146,7 +101,7 @@ fn terminated(pod: &Pod) -> Option<ContainerStateTerminated> {
 
 async fn pod_where(pods: &Api<Pod>, name: &str, what: &str, ok: impl Fn(&Pod) -> bool) -> Pod {
     let ok = &ok;
-    eventually(what, || async move {
+    eventually(LIMIT, what, || async move {
         pods.get_opt(name).await.ok().flatten().filter(|p| ok(p))
     })
     .await
@@ -167,21 +122,9 @@ async fn pods_are_bound_run_reported_limited_restarted_and_deleted_like_a_kubele
         return;
     };
     env.require(&[migrate_e2e::env::Service::Kubernetes]).await;
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .unwrap();
-    let client = Client::try_from(config).unwrap();
-    let ns = unique_name("podrunner").replace('_', "-");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let client = k8s::client_from(&kubeconfig).await;
+    let ns = k8s::fresh_name("podrunner");
+    k8s::create_namespace(&client, &ns).await;
     let guard = NamespaceGuard {
         kubeconfig: kubeconfig.clone(),
         ns: ns.clone(),
@@ -212,7 +155,7 @@ async fn pods_are_bound_run_reported_limited_restarted_and_deleted_like_a_kubele
     let mut runner = Runner { child, log };
 
     let nodes: Api<Node> = Api::all(client.clone());
-    let registered = eventually("the runner's Node", || async {
+    let registered = eventually(LIMIT, "the runner's Node", || async {
         nodes.get_opt(&node).await.ok().flatten()
     })
     .await;
@@ -345,7 +288,7 @@ async fn pods_are_bound_run_reported_limited_restarted_and_deleted_like_a_kubele
         .await
         .unwrap();
     let mounted = folder.join("volumes/cfg/file.txt");
-    eventually("the edit in the mounted file", || async {
+    eventually(LIMIT, "the edit in the mounted file", || async {
         (std::fs::read_to_string(&mounted).ok()? == "edited\n").then_some(())
     })
     .await;
@@ -404,7 +347,7 @@ async fn pods_are_bound_run_reported_limited_restarted_and_deleted_like_a_kubele
     pods.delete("sleeper", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the sleeper to be removed", || async {
+    eventually(LIMIT, "the sleeper to be removed", || async {
         pods.get_opt("sleeper").await.ok()?.is_none().then_some(())
     })
     .await;

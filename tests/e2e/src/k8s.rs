@@ -1,0 +1,436 @@
+//! Helpers for tests against the testbed's kube-apiserver (`tests/testbed/up.sh k8s`): clients
+//! from the testbed's kubeconfig, the committed MigrateJob CRD, throw-away namespaces, a
+//! ServiceAccount token bound to exactly `deploy/rbac/role.yaml` (so a permission missing from
+//! the shipped role fails the test), and polling with a deadline.
+//!
+//! The testbed has no namespace controller and no garbage collector: [`remove_namespace`]
+//! finalizes the namespace by hand, and a test removes what it created in it first
+//! ([`remove_jobs`], [`remove_pods`], [`remove_operator_binding`]). The `remove_*` functions
+//! ignore errors, so that cleaning up after a failure never hides the failure; every other
+//! function fails the calling test with a message naming its input.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use migrate_e2e::k8s;
+//! let admin = k8s::admin_client().await;
+//! k8s::install_crd(&admin).await;
+//! let ns = k8s::fresh_name("demo");
+//! k8s::create_namespace(&admin, &ns).await;
+//! let token = k8s::operator_token(&admin, &ns).await;
+//! let operator = k8s::client(k8s::with_token(&k8s::admin_config().await, &token));
+//! // ... the test, with `operator` holding the shipped role's permissions only ...
+//! k8s::remove_operator_binding(&admin, &ns).await;
+//! k8s::remove_namespace(&admin, &ns).await;
+//! # drop(operator);
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use migrate_crds::{MigrateJob, MigrateJobSpec};
+use serde_json::json;
+
+use crate::env::{Service, TestEnv, repo_root, unique_name};
+use crate::{chain, fail};
+
+/// Field manager of the tests' server-side applies (the CRD, the shipped role).
+pub const MANAGER: &str = "migrate-e2e";
+
+/// How long a wait on the API server may take unless a test says otherwise.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often [`eventually`] probes.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// The ServiceAccount [`operator_token`] creates (the name the chart and `deploy/` use).
+pub const OPERATOR_ACCOUNT: &str = "migrate-operator";
+
+/// The committed CRD, relative to the repository root.
+const CRD_FILE: &str = "crds/migratejob.yaml";
+
+/// The operator's least-privilege role, relative to the repository root.
+const ROLE_FILE: &str = "deploy/rbac/role.yaml";
+
+/// Lifetime of the token [`operator_token`] requests.
+const TOKEN_SECONDS: i64 = 3600;
+
+/// Why a Kubernetes helper failed.
+#[derive(Debug, thiserror::Error)]
+enum K8sError {
+    /// The kubeconfig file cannot be read or parsed.
+    #[error("cannot read kubeconfig {path}")]
+    ReadKubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The kubeconfig does not make a client configuration.
+    #[error("bad kubeconfig {path}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// The loader's error.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// A repository file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A repository file is not the YAML object expected.
+    #[error("{path} is not a {kind}")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// The kind expected.
+        kind: &'static str,
+        /// The parser's error.
+        #[source]
+        source: serde_saphyr::Error,
+    },
+    /// A request to the API server failed.
+    #[error("{what} failed")]
+    Api {
+        /// What was asked, naming the object.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Fails the calling test with `error` and its sources.
+#[track_caller]
+fn or_fail<T>(result: Result<T, K8sError>) -> T {
+    result.unwrap_or_else(|e| fail(chain(&e)))
+}
+
+/// Wraps a client error as [`K8sError::Api`] naming `what`.
+fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> K8sError {
+    let what = what.into();
+    move |source| K8sError::Api { what, source }
+}
+
+/// Builds an object from JSON; only used on literals this module writes.
+#[track_caller]
+fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value)
+        .unwrap_or_else(|e| fail(format!("a literal object does not deserialize: {e}")))
+}
+
+/// The testbed's kubeconfig file ([`TestEnv::kubeconfig`]).
+///
+/// Fails the test when none is known, pointing at `tests/testbed/up.sh k8s`.
+#[must_use]
+pub fn kubeconfig_path() -> PathBuf {
+    TestEnv::load().kubeconfig.unwrap_or_else(|| {
+        fail("no KUBECONFIG and no .testbed/env naming one: run tests/testbed/up.sh k8s")
+    })
+}
+
+/// Reads and parses the kubeconfig file at `path`.
+#[must_use]
+pub fn read_kubeconfig(path: &Path) -> Kubeconfig {
+    or_fail(
+        Kubeconfig::read_from(path).map_err(|source| K8sError::ReadKubeconfig {
+            path: path.to_path_buf(),
+            source,
+        }),
+    )
+}
+
+/// The client configuration of the kubeconfig file at `path` (its current context).
+pub async fn config_from(path: &Path) -> kube::Config {
+    let config =
+        kube::Config::from_custom_kubeconfig(read_kubeconfig(path), &KubeConfigOptions::default())
+            .await
+            .map_err(|source| K8sError::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            });
+    or_fail(config)
+}
+
+/// A client for `config`.
+#[must_use]
+pub fn client(config: kube::Config) -> Client {
+    Client::try_from(config)
+        .unwrap_or_else(|e| fail(format!("cannot build a client from the configuration: {e}")))
+}
+
+/// A client for the kubeconfig file at `path`.
+pub async fn client_from(path: &Path) -> Client {
+    client(config_from(path).await)
+}
+
+/// The testbed's admin configuration, after checking that the API server answers
+/// ([`TestEnv::require`]); fails the test otherwise.
+pub async fn admin_config() -> kube::Config {
+    TestEnv::load().require(&[Service::Kubernetes]).await;
+    config_from(&kubeconfig_path()).await
+}
+
+/// A client with the testbed's admin credentials (see [`admin_config`]).
+pub async fn admin_client() -> Client {
+    client(admin_config().await)
+}
+
+/// `config` authenticating with the bearer `token` instead of its own credentials.
+#[must_use]
+pub fn with_token(config: &kube::Config, token: &str) -> kube::Config {
+    let mut config = config.clone();
+    config.auth_info = object(json!({ "token": token }));
+    config
+}
+
+/// A fresh name usable as a namespace (a DNS label) starting with `prefix`.
+#[must_use]
+pub fn fresh_name(prefix: &str) -> String {
+    let mut name = unique_name(prefix).replace('_', "-").to_lowercase();
+    name.truncate(63);
+    name.trim_end_matches('-').to_owned()
+}
+
+/// Creates namespace `name`.
+pub async fn create_namespace(client: &Client, name: &str) {
+    let namespace: Namespace = object(json!({"metadata": {"name": name}}));
+    or_fail(
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .map_err(api(format!("creating namespace {name}"))),
+    );
+}
+
+/// Deletes namespace `name` and empties its finalizers: the testbed has no namespace
+/// controller, so a deleted namespace would otherwise stay Terminating forever. Errors are
+/// ignored.
+pub async fn remove_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(name, &DeleteParams::default()).await;
+    let body: Namespace = object(json!({"metadata": {"name": name}, "spec": {"finalizers": []}}));
+    let _ = namespaces
+        .replace_subresource("finalize", name, &PostParams::default(), &body)
+        .await;
+}
+
+/// Deletes every pod of namespace `ns` at once (no grace period). Errors are ignored.
+pub async fn remove_pods(client: &Client, ns: &str) {
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    let _ = Api::<Pod>::namespaced(client.clone(), ns)
+        .delete_collection(&params, &ListParams::default())
+        .await;
+}
+
+/// Creates MigrateJob `name` with `spec` in namespace `ns` and returns it as the API server
+/// stored it (defaults applied).
+pub async fn create_job(client: &Client, ns: &str, name: &str, spec: MigrateJobSpec) -> MigrateJob {
+    let mut job = MigrateJob::new(name, spec);
+    job.metadata.namespace = Some(ns.to_owned());
+    or_fail(
+        Api::<MigrateJob>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &job)
+            .await
+            .map_err(api(format!("creating MigrateJob {ns}/{name}"))),
+    )
+}
+
+/// The Events (`events.k8s.io/v1`) of namespace `ns` about the object named `name`.
+pub async fn events_about(client: &Client, ns: &str, name: &str) -> Vec<Event> {
+    let events = or_fail(
+        Api::<Event>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(api(format!("listing the Events of namespace {ns}"))),
+    );
+    events
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+/// Deletes every MigrateJob of namespace `ns`, first dropping their finalizers so that no
+/// operator has to run for them to go. Errors are ignored.
+pub async fn remove_jobs(client: &Client, ns: &str) {
+    let jobs: Api<MigrateJob> = Api::namespaced(client.clone(), ns);
+    let found = jobs
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for job in found {
+        let name = job.name_any();
+        let _ = jobs
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+        let _ = jobs.delete(&name, &DeleteParams::default()).await;
+    }
+}
+
+/// Reads the repository file `relative` and parses it as a `kind`.
+fn repo_yaml<T: serde::de::DeserializeOwned>(relative: &str, kind: &'static str) -> T {
+    let path = repo_root().join(relative);
+    let text = or_fail(
+        std::fs::read_to_string(&path).map_err(|source| K8sError::Read {
+            path: path.clone(),
+            source,
+        }),
+    );
+    or_fail(serde_saphyr::from_str(&text).map_err(|source| K8sError::Yaml { path, kind, source }))
+}
+
+/// Applies the committed CRD (`crds/migratejob.yaml`, exactly the file users apply) and waits
+/// up to [`DEADLINE`] until the API server serves it.
+pub async fn install_crd(client: &Client) {
+    let crd: CustomResourceDefinition = repo_yaml(CRD_FILE, "CustomResourceDefinition");
+    let api_crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = MigrateJob::crd_name();
+    or_fail(
+        api_crds
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .map_err(api(format!("applying {CRD_FILE}"))),
+    );
+    match tokio::time::timeout(
+        DEADLINE,
+        await_condition(api_crds, name, conditions::is_crd_established()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => fail(format!("watching CRD {name}: {e}")),
+        Err(_) => fail(format!("CRD {name} not established within {DEADLINE:?}")),
+    }
+}
+
+/// The operator's least-privilege role, `deploy/rbac/role.yaml`.
+#[must_use]
+pub fn shipped_role() -> ClusterRole {
+    repo_yaml(ROLE_FILE, "ClusterRole")
+}
+
+/// The ClusterRoleBinding [`operator_token`] creates for namespace `ns`.
+#[must_use]
+pub fn operator_binding(ns: &str) -> String {
+    format!("{ns}-operator")
+}
+
+/// Gives the operator of namespace `ns` exactly the shipped role and returns its token: applies
+/// [`shipped_role`], creates the ServiceAccount [`OPERATOR_ACCOUNT`] in `ns` (which must
+/// exist), binds the role to it ([`operator_binding`]) and mints a one-hour token for it with
+/// the TokenRequest API. A client using the token ([`with_token`]) fails wherever the role
+/// lacks a permission.
+pub async fn operator_token(admin: &Client, ns: &str) -> String {
+    let role = shipped_role();
+    let role_name = role.name_any();
+    or_fail(
+        Api::<ClusterRole>::all(admin.clone())
+            .patch(
+                &role_name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&role),
+            )
+            .await
+            .map_err(api(format!("applying ClusterRole {role_name}"))),
+    );
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let account: ServiceAccount = object(json!({"metadata": {"name": OPERATOR_ACCOUNT}}));
+    or_fail(
+        accounts
+            .create(&PostParams::default(), &account)
+            .await
+            .map_err(api(format!(
+                "creating ServiceAccount {ns}/{OPERATOR_ACCOUNT}"
+            ))),
+    );
+    let binding_name = operator_binding(ns);
+    let binding: ClusterRoleBinding = object(json!({
+        "metadata": {"name": binding_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": ns}]
+    }));
+    or_fail(
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .map_err(api(format!("creating ClusterRoleBinding {binding_name}"))),
+    );
+    let request = TokenRequest {
+        metadata: Default::default(),
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(TOKEN_SECONDS),
+            ..TokenRequestSpec::default()
+        },
+        status: None,
+    };
+    let minted = or_fail(
+        accounts
+            .create_token_request(OPERATOR_ACCOUNT, &PostParams::default(), &request)
+            .await
+            .map_err(api(format!("TokenRequest for {ns}/{OPERATOR_ACCOUNT}"))),
+    );
+    minted.status.map_or_else(
+        || {
+            fail(format!(
+                "TokenRequest for {ns}/{OPERATOR_ACCOUNT} returned no token"
+            ))
+        },
+        |s| s.token,
+    )
+}
+
+/// Deletes the ClusterRoleBinding [`operator_token`] created for `ns` (cluster-scoped, so it
+/// does not go with the namespace). Errors are ignored.
+pub async fn remove_operator_binding(client: &Client, ns: &str) {
+    let _ = Api::<ClusterRoleBinding>::all(client.clone())
+        .delete(&operator_binding(ns), &DeleteParams::default())
+        .await;
+}
+
+/// Calls `probe` every [`POLL_EVERY`] until it returns `Some`, and returns that value; fails the
+/// test, naming `what`, once `limit` has passed without one.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if start.elapsed() >= limit {
+            fail(format!("timed out after {limit:?} waiting for {what}"));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
