@@ -6,6 +6,7 @@
 //! - [`datagen`]: a deterministic data set shaped like the real job (articles with tags and an
 //!   author, keyword and blacklist files), loaded fast into MariaDB, ids pushed to Redis, and an
 //!   independent oracle ([`datagen::expected`]) that recomputes what the worker must produce.
+//! - [`cli`]: value parsers of the kit's command-line tools.
 //! - [`search`]: small helpers over the Elasticsearch/OpenSearch REST API.
 //! - [`k8s`]: clients for the testbed's kube-apiserver, the CRD, throw-away namespaces, a token
 //!   bound to exactly the shipped RBAC role, and polling with a deadline.
@@ -24,6 +25,7 @@
 //! # }
 //! ```
 
+pub mod cli;
 pub mod datagen;
 pub mod env;
 pub mod k8s;

@@ -17,105 +17,60 @@ use std::time::Instant;
 use migrate_crds::{MigrateJobSpec, Mode, TestOnlySpec};
 use migrate_e2e::datagen::{self, DataSetSpec};
 use migrate_e2e::env::{Service, TestEnv};
-use migrate_e2e::search;
+use migrate_e2e::{cli, search};
 
-const USAGE: &str = "usage: demo-prepare [--articles N] [--dir DIR] [--database NAME] [--queue KEY] \
-[--index NAME] [--workers N] [--memory-limit SIZE] [--leak-bytes N] [--leak-stage STAGE]";
-
-const HELP: &str = "\
-Makes the demo's data and job from scratch on the testbed's services: drops and recreates the
-database, the index and the Redis keys of the queue, loads generated articles, writes the
-keyword files, enqueues every id, and writes DIR/job.yaml (a MigrateJob with a test-only leak,
-so that the demo shows memory restarts) and DIR/demo.env (the workers' connection variables).
-Running it again starts over. The services are found through REDIS_URL, MYSQL_URL, ES_URL and
-NLP_URL (`source .testbed/env`), with the testbed's addresses as defaults.
-
-Usage: demo-prepare [OPTIONS]
-
-Options:
-  --articles N         articles to generate and enqueue [default: 50000]
-  --dir DIR            folder of the job, the env file and the keyword files [default: migrate-demo]
-  --database NAME      MySQL database, dropped and recreated; starts with migrate_ [default: migrate_demo]
-  --queue KEY          Redis queue key; its keys are deleted first [default: migrate_demo]
-  --index NAME         search index, deleted and recreated [default: migrate_demo]
-  --workers N          workers of the job (its min and max replicas) [default: 3]
-  --memory-limit SIZE  memory limit of each worker [default: 192Mi]
-  --leak-bytes N       bytes each task leaks on purpose (spec.testOnly), 0 for none [default: 32768]
-  --leak-stage STAGE   the stage the leak is charged to [default: enrich]
-  -h, --help           print this help";
-
-/// What to prepare.
-#[derive(Debug, Clone)]
+/// Makes the demo's data and job from scratch on the testbed's services: drops and recreates
+/// the database, the index and the Redis keys of the queue, loads generated articles, writes the
+/// keyword files, enqueues every id, and writes DIR/job.yaml (a MigrateJob with a test-only
+/// leak, so that the demo shows memory restarts) and DIR/demo.env (the workers' connection
+/// variables). Running it again starts over. The services are found through REDIS_URL,
+/// MYSQL_URL, ES_URL and NLP_URL (`source .testbed/env`), with the testbed's addresses as
+/// defaults.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "demo-prepare")]
 struct Options {
+    /// Articles to generate and enqueue (`50000` or `50,000`).
+    #[arg(long, value_name = "N", default_value = "50000", value_parser = cli::count)]
     articles: u64,
+    /// Folder of the job, the env file and the keyword files.
+    #[arg(long, value_name = "DIR", default_value = "migrate-demo")]
     dir: PathBuf,
+    /// MySQL database, dropped and recreated; must start with migrate_ (the testbed user may
+    /// only create those).
+    #[arg(long, value_name = "NAME", default_value = "migrate_demo", value_parser = migrate_database)]
     database: String,
+    /// Redis queue key; its keys are deleted first.
+    #[arg(long, value_name = "KEY", default_value = "migrate_demo")]
     queue: String,
+    /// Search index, deleted and recreated.
+    #[arg(long, value_name = "NAME", default_value = "migrate_demo")]
     index: String,
+    /// Workers of the job (its min and max replicas).
+    #[arg(long, value_name = "N", default_value = "3", value_parser = replicas)]
     workers: i32,
+    /// Memory limit of each worker.
+    #[arg(long, value_name = "SIZE", default_value = "192Mi")]
     memory_limit: String,
+    /// Bytes each task leaks on purpose (spec.testOnly), 0 for none.
+    #[arg(long, value_name = "N", default_value = "32768", value_parser = cli::number)]
     leak_bytes: u64,
+    /// The stage the leak is charged to.
+    #[arg(long, value_name = "STAGE", default_value = "enrich")]
     leak_stage: String,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            articles: 50_000,
-            dir: PathBuf::from("migrate-demo"),
-            database: "migrate_demo".to_owned(),
-            queue: "migrate_demo".to_owned(),
-            index: "migrate_demo".to_owned(),
-            workers: 3,
-            memory_limit: "192Mi".to_owned(),
-            leak_bytes: 32 * 1024,
-            leak_stage: "enrich".to_owned(),
-        }
+fn migrate_database(name: &str) -> Result<String, String> {
+    if name.starts_with("migrate_") {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} must start with migrate_ (the testbed user may only create those)"
+        ))
     }
 }
 
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(USAGE.to_owned());
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let number = |what: &str| {
-            value
-                .replace([',', '_'], "")
-                .parse::<u64>()
-                .map_err(|_| format!("{what} {value:?} is not a number"))
-        };
-        match flag.as_str() {
-            "--articles" => o.articles = number("--articles")?,
-            "--dir" => o.dir = PathBuf::from(&value),
-            "--database" => o.database = value,
-            "--queue" => o.queue = value,
-            "--index" => o.index = value,
-            "--workers" => {
-                o.workers = i32::try_from(number("--workers")?)
-                    .map_err(|_| "--workers is too large".to_owned())?;
-            }
-            "--memory-limit" => o.memory_limit = value,
-            "--leak-bytes" => o.leak_bytes = number("--leak-bytes")?,
-            "--leak-stage" => o.leak_stage = value,
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
-        }
-    }
-    if o.articles == 0 || o.workers < 1 {
-        return Err("--articles and --workers must be at least 1".to_owned());
-    }
-    if !o.database.starts_with("migrate_") {
-        return Err(format!(
-            "--database {:?} must start with migrate_ (the testbed user may only create those)",
-            o.database
-        ));
-    }
-    Ok(o)
+fn replicas(text: &str) -> Result<i32, String> {
+    i32::try_from(cli::count(text)?).map_err(|_| format!("{text:?} is too large"))
 }
 
 /// `spec` with `workers.resources.limits.memory` set (through the spec's JSON form: this crate
@@ -289,17 +244,7 @@ async fn prepare(o: &Options) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args().skip(1).any(|a| a == "-h" || a == "--help") {
-        println!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
-    let options = match parse_args(std::env::args().skip(1)) {
-        Ok(o) => o,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let options = <Options as clap::Parser>::parse();
     match prepare(&options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

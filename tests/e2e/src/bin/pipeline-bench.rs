@@ -37,12 +37,9 @@ use std::time::{Duration, Instant};
 use migrate_crds::Mode;
 use migrate_e2e::datagen::{self, DataSetSpec};
 use migrate_e2e::env::{Service, TestEnv, unique_name};
-use migrate_e2e::search;
+use migrate_e2e::{cli, search};
 use mysql_async::prelude::Queryable;
 use tokio::process::{Child, Command};
-
-const USAGE: &str = "usage: pipeline-bench [--articles N] [--workers 1,2] [--concurrency N] \
-[--timeout SECONDS] [--worker-bin PATH] [--keep]";
 
 /// How often processes and metrics are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -55,77 +52,43 @@ const WORKER_MEMORY_LIMIT: &str = "8Gi";
 /// Stage names, in pipeline order, as in the worker's metric labels.
 const STAGES: [&str; 5] = ["queue", "source", "enrich", "keywords", "sink"];
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// Runs the whole pipeline (Redis, MySQL, NLP, keywords, bulk index) against the testbed's
+/// real services with the release worker, for each worker count, and prints docs/s, CPU per
+/// 1,000 documents, stage D MB/s, RSS and retained bytes per stage. Build the worker first:
+/// `cargo build --release -p migrate-worker`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "pipeline-bench")]
 struct Options {
+    /// Articles to generate (`100000` or `100,000`).
+    #[arg(long, value_name = "N", default_value = "100000", value_parser = cli::count)]
     articles: u64,
+    /// Worker counts to run, one run each.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "1,2", value_parser = worker_count)]
     workers: Vec<usize>,
+    /// Tasks in flight per worker (the MySQL pool and NLP calls scale with it).
+    #[arg(long, value_name = "N", default_value = "64", value_parser = concurrency)]
     concurrency: u32,
+    /// Seconds one run may take.
+    #[arg(long = "timeout", value_name = "SECONDS", default_value = "3600", value_parser = seconds)]
     timeout: Duration,
+    /// The `migrate-worker` binary [default: the one next to this binary].
+    #[arg(long, value_name = "PATH")]
     worker_bin: Option<PathBuf>,
+    /// Leave the database, index and Redis keys behind.
+    #[arg(long)]
     keep: bool,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            articles: 100_000,
-            workers: vec![1, 2],
-            concurrency: 64,
-            timeout: Duration::from_secs(3_600),
-            worker_bin: None,
-            keep: false,
-        }
-    }
+fn worker_count(text: &str) -> Result<usize, String> {
+    usize::try_from(cli::count(text.trim())?).map_err(|_| format!("{text:?} is too large"))
 }
 
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        match flag.as_str() {
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            "--keep" => {
-                o.keep = true;
-                continue;
-            }
-            _ => {}
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let number = |text: &str| {
-            text.replace([',', '_'], "")
-                .parse::<u64>()
-                .map_err(|_| format!("{flag} {text:?} is not a number"))
-        };
-        match flag.as_str() {
-            "--articles" => o.articles = number(&value)?,
-            "--workers" => {
-                o.workers = value
-                    .split(',')
-                    .map(|n| {
-                        n.trim()
-                            .parse::<usize>()
-                            .map_err(|_| format!("--workers {value:?}: {n:?} is not a number"))
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
-            "--concurrency" => {
-                o.concurrency = u32::try_from(number(&value)?)
-                    .map_err(|_| "--concurrency is too large".to_owned())?;
-            }
-            "--timeout" => o.timeout = Duration::from_secs(number(&value)?),
-            "--worker-bin" => o.worker_bin = Some(PathBuf::from(value)),
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
-        }
-    }
-    if o.articles == 0 || o.concurrency < 1 || o.workers.is_empty() || o.workers.contains(&0) {
-        return Err(format!(
-            "--articles, --concurrency and every worker count must be at least 1\n{USAGE}"
-        ));
-    }
-    Ok(o)
+fn concurrency(text: &str) -> Result<u32, String> {
+    u32::try_from(cli::count(text)?).map_err(|_| format!("{text:?} is too large"))
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    cli::count(text).map(Duration::from_secs)
 }
 
 /// The `migrate-worker` binary next to this one (same profile), or the one given.
@@ -785,13 +748,7 @@ async fn bench(o: &Options) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = match parse_args(std::env::args().skip(1)) {
-        Ok(o) => o,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+    let options = <Options as clap::Parser>::parse();
     match bench(&options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
