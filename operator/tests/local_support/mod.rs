@@ -212,20 +212,7 @@ impl Scenario {
             summary.requeued_ids,
         );
         let counts = self.hash(&format!("{}:counts", self.queue)).await;
-        if counts != expected.counts {
-            let wrong: Vec<_> = expected
-                .counts
-                .iter()
-                .filter(|(k, v)| counts.get(*k) != Some(v))
-                .take(10)
-                .map(|(k, v)| (k.clone(), *v, counts.get(k).copied()))
-                .collect();
-            panic!(
-                "keyword counts differ ({} expected keys, {} counted); first (key, expected, counted): {wrong:?}",
-                expected.counts.len(),
-                counts.len()
-            );
-        }
+        expected.assert_counts(&counts);
         let indexed = u64::try_from(expected.indexed_ids.len()).unwrap_or(u64::MAX);
         let filtered = u64::try_from(expected.blacklisted_ids.len()).unwrap_or(u64::MAX);
         assert_eq!(

@@ -603,20 +603,7 @@ async fn a_leaking_job_with_poison_and_killed_workers_completes_exactly_once_on_
         .query_async(&mut w.conn)
         .await
         .unwrap();
-    if counts != expected.counts {
-        let wrong: Vec<_> = expected
-            .counts
-            .iter()
-            .filter(|(k, v)| counts.get(*k) != Some(v))
-            .take(10)
-            .map(|(k, v)| (k.clone(), *v, counts.get(k).copied()))
-            .collect();
-        panic!(
-            "keyword counts differ ({} expected keys, {} counted); first (key, expected, counted): {wrong:?}",
-            expected.counts.len(),
-            counts.len()
-        );
-    }
+    expected.assert_counts(&counts);
 
     // Exactly the poison is dead-lettered, each once with a reason.
     let dead: Vec<String> = redis::cmd("LRANGE")

@@ -418,20 +418,7 @@ impl Job {
     pub async fn assert_exact(&self, expected: &Expected) {
         self.assert_index_holds(&expected.indexed_ids).await;
         let counts = self.counts().await;
-        if counts != expected.counts {
-            let wrong: Vec<_> = expected
-                .counts
-                .iter()
-                .filter(|(k, v)| counts.get(*k) != Some(v))
-                .take(10)
-                .map(|(k, v)| format!("{k}: {:?} instead of {v}", counts.get(k)))
-                .collect();
-            panic!(
-                "keyword counts differ: {} keys counted, {} expected; e.g. {wrong:?}",
-                counts.len(),
-                expected.counts.len()
-            );
-        }
+        expected.assert_counts(&counts);
         let stats = self.stats().await;
         assert_eq!(
             stats.get("indexed"),

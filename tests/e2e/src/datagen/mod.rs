@@ -542,6 +542,32 @@ pub struct Expected {
     pub blacklisted_ids: HashSet<u64>,
 }
 
+impl Expected {
+    /// Checks the keyword counts a job accumulated in Redis (`{q}:counts`) against
+    /// [`Expected::counts`].
+    ///
+    /// # Panics
+    /// When they differ, with the number of keys on each side and up to ten keys whose counts
+    /// differ as (key, expected, counted).
+    pub fn assert_counts(&self, counted: &HashMap<String, u64>) {
+        if counted == &self.counts {
+            return;
+        }
+        let wrong: Vec<_> = self
+            .counts
+            .iter()
+            .filter(|(k, v)| counted.get(*k) != Some(v))
+            .take(10)
+            .map(|(k, v)| (k.clone(), *v, counted.get(k).copied()))
+            .collect();
+        fail(format!(
+            "keyword counts differ ({} expected keys, {} counted); first (key, expected, counted): {wrong:?}",
+            self.counts.len(),
+            counted.len()
+        ));
+    }
+}
+
 /// Makes a fresh database `db_name` (dropped first if it exists), utf8mb4, and returns the URL
 /// of `mysql_url` with the database replaced by it. With the testbed's user, `db_name` must
 /// start with `migrate_`.
