@@ -828,24 +828,17 @@ async fn fetch(shared: &Shared, id: &TaskId) -> Fetched {
                     }),
                 });
             }
-            Err(e) if e.is_transient() => {
-                let first = backoff.failures() == 0;
+            // An outage, or settings every task would fail on alike (wrong credentials,
+            // database, table or query): the task waits, using up no attempt, rather than the
+            // whole queue being dead-lettered one task at a time.
+            Err(e) if e.is_transient() || e.is_settings() => {
                 shared.mysql_ok.store(false, Ordering::Relaxed);
-                let delay = backoff.next_delay();
-                if first {
-                    warn!(task_id = id.value, error = %error_chain(&e), "MySQL unavailable; the task waits and tries again.");
-                }
-                if sleep_or_cancel(delay, &shared.stop_taking).await {
-                    return Fetched::Abandoned;
-                }
-            }
-            Err(e) if e.is_settings() => {
-                // Wrong credentials, database, table or query: every task would fail alike, so
-                // none is dead-lettered for it; the task waits for the fix (and a restart).
-                let first = backoff.failures() == 0;
-                shared.mysql_ok.store(false, Ordering::Relaxed);
-                if first {
-                    error!(task_id = id.value, error = %error_chain(&e), "MySQL rejects the job's settings: fix the URL in MIGRATE_MYSQL_URL (from source.urlSecretRef) or source.queries, then restart the workers. The task waits and uses up no attempt.");
+                if backoff.failures() == 0 {
+                    if e.is_settings() {
+                        error!(task_id = id.value, error = %error_chain(&e), "MySQL rejects the job's settings: fix the URL in MIGRATE_MYSQL_URL (from source.urlSecretRef) or source.queries, then restart the workers. The task waits and uses up no attempt.");
+                    } else {
+                        warn!(task_id = id.value, error = %error_chain(&e), "MySQL unavailable; the task waits and tries again.");
+                    }
                 }
                 if sleep_or_cancel(backoff.next_delay(), &shared.stop_taking).await {
                     return Fetched::Abandoned;
