@@ -932,13 +932,15 @@ fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settl
     if let Some((stage, bytes)) = shared.leak {
         leak(stage, bytes);
     }
-    drop(slot);
     let done = shared.tasks_finished.fetch_add(1, Ordering::AcqRel) + 1;
     if let Some(target) = shared.recycle_at
         && done >= target
     {
         shared.stop(ExitReason::Recycled, format!("recycled after {done} tasks"));
     }
+    // The slot is freed last, so that a worker reaching its recycle count stops taking before
+    // the slot can admit another id: it ends at most its concurrency past the count.
+    drop(slot);
 }
 
 /// The outcome of one bulk item.
