@@ -13,6 +13,7 @@
 //! | dead-letter | `LPUSH {q}:dead <json>`, `HINCRBY {q}:stats dead`, `HDEL {q}:attempts` |
 //! | retry | `RPUSH {q}` (taken next) and `HINCRBY {q}:stats retried`, or dead-letter once the attempts are used up |
 //! | requeue | (of a whole worker) `RPUSH {q}` every id, `DEL` the list, `SREM {q}:workers` |
+//! | release | (a worker's own, at a graceful exit) as requeue, and `HINCRBY {q}:attempts -1` per id |
 //!
 //! Taking counts the delivery (`HINCRBY {q}:attempts`) and lists the worker in `{q}:workers`.
 //! When ids are waiting and several slots are free, [`Queue::take_up_to`] moves up to n of them
@@ -464,6 +465,28 @@ return out
     )
 });
 
+// KEYS: processing, queue, workers, attempts. ARGV: worker. As REQUEUE, and gives back each
+// id's delivery: a worker that exits gracefully did not fail on the ids it still holds (they
+// waited for MySQL or the search server, or the grace period ended), so they keep their
+// attempts. A worker that dies is requeued by its supervisor with REQUEUE, which keeps the
+// delivery counted, so a task that kills its worker still runs out of attempts.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = 1, #ids do
+  redis.call('RPUSH', KEYS[2], ids[i])
+  if redis.call('HINCRBY', KEYS[4], ids[i], -1) <= 0 then
+    redis.call('HDEL', KEYS[4], ids[i])
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return #ids
+",
+    )
+});
+
 // KEYS: processing, queue, workers. ARGV: worker. The processing list has the newest id on
 // the left; RPUSHing from newest to oldest leaves the oldest at the right end, taken first.
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
@@ -776,15 +799,26 @@ impl Queue {
         self.note(result)
     }
 
-    /// Requeues what is left in this worker's processing list before the process exits. Call
-    /// it only when no task of this process can still be acknowledged.
+    /// Requeues what is left in this worker's processing list before the process exits, and
+    /// gives back those ids' deliveries (they did not fail here). Call it only when no task of
+    /// this process can still be acknowledged, and not when a task may be to blame for the
+    /// exit (the hard memory limit): then leave the ids to the supervisor's requeue, which
+    /// keeps the delivery counted.
     ///
     /// # Errors
     /// [`QueueError::Command`] when Redis fails (the ids then wait for a supervisor).
     pub async fn release_own(&self) -> Result<u64, QueueError> {
         let mut conn = self.manager.clone();
         let result = async {
-            let moved = requeue_worker(&mut conn, &self.keys.queue, &self.keys.worker).await?;
+            let moved = RELEASE
+                .key(&self.keys.processing)
+                .key(&self.keys.queue)
+                .key(&self.keys.workers)
+                .key(&self.keys.attempts)
+                .arg(&self.keys.worker)
+                .invoke_async::<u64>(&mut conn)
+                .await
+                .map_err(command_error("release", &self.keys.processing))?;
             redis::cmd("DEL")
                 .arg(&self.keys.heartbeat)
                 .query_async::<()>(&mut conn)
@@ -1841,6 +1875,28 @@ mod tests {
         push(&q, &["9"]).await;
         assert_eq!(q.held().await.unwrap(), 0);
         assert_eq!(list(&q, &key).await, vec!["9".to_owned()]);
+        drop_keys(&key).await;
+    }
+
+    /// A graceful release gives back the deliveries of the ids it returns; a supervisor's
+    /// requeue of a dead worker keeps them counted.
+    #[tokio::test]
+    async fn a_release_gives_back_deliveries_and_a_requeue_keeps_them() {
+        let key = fresh_key("release");
+        let q = queue(&key, "w", 3).await;
+        push(&q, &["1", "2"]).await;
+        let first = take_one(&q).await;
+        let second = take_one(&q).await;
+        assert_eq!((first.attempts, second.attempts), (1, 1));
+        assert_eq!(q.release_own().await.unwrap(), 2);
+        let again = take_one(&q).await;
+        assert_eq!(again.raw, first.raw, "the oldest id is taken first again");
+        assert_eq!(again.attempts, 1, "the released delivery was given back");
+        let mut conn = q.connection();
+        assert_eq!(requeue_worker(&mut conn, &key, "w").await.unwrap(), 1);
+        let third = take_one(&q).await;
+        assert_eq!(third.raw, first.raw);
+        assert_eq!(third.attempts, 2, "a requeue keeps the delivery counted");
         drop_keys(&key).await;
     }
 
