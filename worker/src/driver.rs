@@ -943,18 +943,19 @@ fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settl
     drop(slot);
 }
 
-/// The outcome of one bulk item.
-fn item_outcome(result: ItemResult, counts: Vec<(String, u64)>) -> Outcome {
+/// The outcome of one bulk item; `None` for a document never sent, whose task stays held.
+fn item_outcome(result: ItemResult, counts: Vec<(String, u64)>) -> Option<Outcome> {
     match result {
-        ItemResult::Indexed => Outcome::Indexed { counts },
-        ItemResult::Rejected { status, reason } => Outcome::Dead(DeadLetter {
+        ItemResult::Indexed => Some(Outcome::Indexed { counts }),
+        ItemResult::Rejected { status, reason } => Some(Outcome::Dead(DeadLetter {
             stage: Stage::Sink,
             reason: format!("index refused the document (HTTP {status}): {reason}"),
-        }),
-        ItemResult::Failed { reason } => Outcome::Retry(DeadLetter {
+        })),
+        ItemResult::Failed { reason } => Some(Outcome::Retry(DeadLetter {
             stage: Stage::Sink,
             reason,
-        }),
+        })),
+        ItemResult::Unsent { .. } => None,
     }
 }
 
@@ -1097,11 +1098,15 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 }
 
 /// Sends one bulk request and ends every task in it by its item's result.
+///
+/// While the search server is unavailable the request waits, until the hard stop (the end of
+/// the grace period once draining): documents still unsent then leave their tasks in the
+/// processing list, to be requeued at exit with no attempt used.
 async fn send(shared: &Shared, request: BulkRequest, items: Vec<Pending>) {
     let (docs, bytes) = (request.len(), request.bytes());
     shared.metrics.observe_bulk(docs);
     let started = Instant::now();
-    let results = in_stage(Stage::Sink, shared.sink.send(request)).await;
+    let results = in_stage(Stage::Sink, shared.sink.send(request, &shared.hard_stop)).await;
     debug!(
         docs,
         bytes,
@@ -1109,20 +1114,28 @@ async fn send(shared: &Shared, request: BulkRequest, items: Vec<Pending>) {
         "Bulk request sent."
     );
     let mut results = results.into_iter();
-    let ended: Vec<(String, Outcome, Slot)> = items
-        .into_iter()
-        .map(|p| {
-            let result = match results.next() {
-                Some((id, result)) if id == p.id => result,
-                other => {
-                    error!(task = %p.raw, got = ?other.map(|(id, _)| id), "Bulk results out of order; the task is retried.");
-                    ItemResult::Failed { reason: "bulk result missing for this document".to_owned() }
+    let mut ended: Vec<(String, Outcome, Slot)> = Vec::with_capacity(items.len());
+    for p in items {
+        let result = match results.next() {
+            Some((id, result)) if id == p.id => result,
+            other => {
+                error!(task = %p.raw, got = ?other.map(|(id, _)| id), "Bulk results out of order; the task is retried.");
+                ItemResult::Failed {
+                    reason: "bulk result missing for this document".to_owned(),
                 }
-            };
-            shared.metrics.observe_stage(Stage::Sink, p.pushed.elapsed());
-            (p.raw, item_outcome(result, p.counts), p.slot)
-        })
-        .collect();
+            }
+        };
+        shared
+            .metrics
+            .observe_stage(Stage::Sink, p.pushed.elapsed());
+        match item_outcome(result, p.counts) {
+            // Still held in Redis; freeing the slot is all there is to do.
+            None => {
+                debug!(task = %p.raw, "Task left in the processing list: the search server stayed unavailable.")
+            }
+            Some(outcome) => ended.push((p.raw, outcome, p.slot)),
+        }
+    }
     complete_many(shared, ended).await;
 }
 
@@ -1185,7 +1198,8 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Keeps `/readyz` true only while Redis and MySQL answer and the worker takes work.
+/// Keeps `/readyz` true only while Redis, MySQL and the search server answer and the worker
+/// takes work.
 async fn refresh_readiness(shared: Arc<Shared>, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(READINESS_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1197,6 +1211,8 @@ async fn refresh_readiness(shared: Arc<Shared>, stop: CancellationToken) {
             "redis unreachable"
         } else if !shared.mysql_ok.load(Ordering::Relaxed) {
             "mysql unreachable"
+        } else if !shared.sink.is_available() {
+            "search unavailable"
         } else {
             ""
         };
@@ -1303,11 +1319,11 @@ mod tests {
         let counts = vec![("topics:a".to_owned(), 2)];
         assert_eq!(
             item_outcome(ItemResult::Indexed, counts.clone()),
-            Outcome::Indexed {
+            Some(Outcome::Indexed {
                 counts: counts.clone()
-            }
+            })
         );
-        let Outcome::Dead(dead) = item_outcome(
+        let Some(Outcome::Dead(dead)) = item_outcome(
             ItemResult::Rejected {
                 status: 400,
                 reason: "mapper_parsing_exception: failed".into(),
@@ -1322,15 +1338,25 @@ mod tests {
             "{}",
             dead.reason
         );
-        let Outcome::Retry(retry) = item_outcome(
+        let Some(Outcome::Retry(retry)) = item_outcome(
             ItemResult::Failed {
                 reason: "503 after 5 tries".into(),
             },
-            counts,
+            counts.clone(),
         ) else {
             panic!("a failed item is retried")
         };
         assert_eq!(retry.stage, Stage::Sink);
+        assert_eq!(
+            item_outcome(
+                ItemResult::Unsent {
+                    reason: "HTTP 503".into()
+                },
+                counts
+            ),
+            None,
+            "an unsent document's task stays held"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Service restarts under a running worker, against the real testbed. These tests stop and
-//! start shared testbed components, so they run one at a time (and in a test binary of their
-//! own: cargo runs test binaries one after another).
+//! Service restarts and outages under a running worker, against the real testbed. These tests
+//! stop and start shared testbed components, so they run one at a time (and in a test binary
+//! of their own: cargo runs test binaries one after another). The search server's outage is
+//! made with a [`Gate`] in front of the real server, which the other tests go on using.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use migrate_crds::Mode;
 use nix::sys::signal::Signal;
-use pipeline_support::{ComponentUpOnDrop, Job, report, testbed, wait_for};
+use pipeline_support::{ComponentUpOnDrop, Gate, Job, report, testbed, wait_for};
 
 /// Serialises the tests of this file: each takes a shared service away.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -117,5 +118,117 @@ async fn a_mysql_restart_is_waited_out_without_losing_or_failing_tasks() {
         "an outage uses up no attempt: {stats:?}"
     );
     job.assert_exact(&expected).await;
+    job.cleanup().await;
+}
+
+/// The search server unreachable from the start and for a while (connections refused, then
+/// cut mid-run): the batches wait for it without using up attempts (`maxAttempts: 1`, so one
+/// attempt used would dead-letter the task), /readyz says not ready meanwhile, and once the
+/// server is back the drain-mode run completes exactly once by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_outage_is_waited_out_without_using_attempts() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (mut job, expected) = Job::on_shared("search", 3_000).await;
+    job.spec.queue.max_attempts = 1;
+    let mut gate = Gate::shut(&job.env.es_url);
+    job.enqueue_all().await;
+    let started = Instant::now();
+    let mut worker = job.spawn_with_search("w1", &gate.url());
+    let processing = job.keys("w1").processing;
+    wait_for(
+        "tasks held while the search server refuses connections",
+        Duration::from_secs(30),
+        || async { (job.llen(&processing).await > 0).then_some(()) },
+    )
+    .await;
+    wait_for(
+        "/readyz to fail while the search server is unreachable",
+        Duration::from_secs(30),
+        || async { (worker.readyz().await == Some(503)).then_some(()) },
+    )
+    .await;
+    let stats = job.stats().await;
+    assert_eq!(
+        stats.get("indexed"),
+        0,
+        "nothing can be indexed yet: {stats:?}"
+    );
+    assert_eq!(stats.get("retried") + stats.get("dead"), 0, "{stats:?}");
+
+    gate.open().await;
+    wait_for("1,000 tasks finished", Duration::from_secs(60), || async {
+        (job.stats().await.finished() >= 1_000).then_some(())
+    })
+    .await;
+    // A second outage mid-run, with connections cut while bulk requests are in flight.
+    gate.shut_now().await;
+    wait_for("/readyz to fail again", Duration::from_secs(30), || async {
+        (worker.readyz().await == Some(503)).then_some(())
+    })
+    .await;
+    gate.open().await;
+
+    let code = worker.exit_code(Duration::from_secs(120)).await;
+    assert_eq!(code, 0, "log:\n{}", worker.log_tail(30));
+    report(
+        "3,000 tasks + two search outages",
+        job.generated.ids.len(),
+        started.elapsed(),
+    );
+    let stats = job.stats().await;
+    assert_eq!(stats.get("dead"), 0, "an outage kills no task: {stats:?}");
+    assert_eq!(
+        stats.get("retried"),
+        0,
+        "an outage uses up no attempt: {stats:?}"
+    );
+    job.assert_exact(&expected).await;
+    job.cleanup().await;
+}
+
+/// SIGTERM while the search server is down: the worker waits for it only until its grace
+/// period ends, then exits 0 with every task it held back in the queue, none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_during_a_search_outage_gives_its_tasks_back() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (mut job, _) = Job::on_shared("search_stop", 3_000).await;
+    job.spec.queue.max_attempts = 1;
+    job.spec.workers.termination_grace_period_seconds = 4;
+    let gate = Gate::shut(&job.env.es_url);
+    job.enqueue_all().await;
+    let mut worker = job.spawn_with_search("w1", &gate.url());
+    let processing = job.keys("w1").processing;
+    let held = wait_for(
+        "tasks held while the search server refuses connections",
+        Duration::from_secs(30),
+        || async {
+            let held = job.llen(&processing).await;
+            (held > 0).then_some(held)
+        },
+    )
+    .await;
+    worker.signal(Signal::SIGTERM);
+    let code = worker.exit_code(Duration::from_secs(30)).await;
+    assert_eq!(code, 0, "log:\n{}", worker.log_tail(30));
+    assert_eq!(
+        job.llen(&processing).await,
+        0,
+        "the processing list is given back"
+    );
+    let stats = job.stats().await;
+    assert_eq!(stats.get("indexed"), 0, "nothing indexed: {stats:?}");
+    assert_eq!(stats.get("retried"), 0, "no attempt used: {stats:?}");
+    assert!(job.dead().await.is_empty(), "nothing dead-lettered");
+    // Blacklisted articles end without the search server; every other id is back.
+    assert_eq!(
+        job.llen(&job.queue).await,
+        u64::try_from(job.generated.ids.len()).unwrap() - stats.finished(),
+        "every unfinished id is back in the queue ({held} were held at the signal)"
+    );
+    let deliveries = job.hash(&job.keys("w1").attempts).await;
+    assert!(
+        deliveries.is_empty(),
+        "their deliveries were given back: {deliveries:?}"
+    );
     job.cleanup().await;
 }

@@ -15,6 +15,7 @@ use migrate_worker::sink::retry::Backoff;
 use migrate_worker::sink::{ItemResult, Pushed, Sink};
 use migrate_worker::task::{Document, TaskId};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 /// One engine under test, and what it is known to support.
 struct Engine {
@@ -194,6 +195,18 @@ impl Check {
     }
 }
 
+/// A stop for one send: a server still unavailable after a minute leaves the documents
+/// unsent, which the test then reports, instead of waiting for ever.
+fn within_a_minute() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let timer = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        timer.cancel();
+    });
+    stop
+}
+
 fn id(n: u64) -> TaskId {
     TaskId::parse(&n.to_string()).unwrap()
 }
@@ -212,7 +225,7 @@ async fn send_all(sink: &Sink, docs: &[(u64, Document)]) -> Vec<(TaskId, ItemRes
             "document {n} did not fit"
         );
     }
-    sink.send(b.finish()).await
+    sink.send(b.finish(), &within_a_minute()).await
 }
 
 /// Documents are written under their task id and read back; sending the same ids again
@@ -487,7 +500,7 @@ async fn bulk_of_500_docs_of_6kb(engine: &Engine) {
         let bytes = b.bytes();
         let request = b.finish();
         let started = Instant::now();
-        let results = sink.send(request).await;
+        let results = sink.send(request, &within_a_minute()).await;
         let elapsed = started.elapsed();
         let failed: Vec<_> = results
             .iter()

@@ -22,11 +22,13 @@
 //! if batch.push(id, doc)? == Pushed::Full {
 //!     // send `batch`, start a new one, push again
 //! }
-//! for (id, result) in sink.send(batch.finish()).await {
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! for (id, result) in sink.send(batch.finish(), &stop).await {
 //!     match result {
 //!         ItemResult::Indexed => { /* acknowledge */ }
 //!         ItemResult::Rejected { reason, .. } => { /* dead-letter with the reason */ }
-//!         ItemResult::Failed { .. } => { /* leave for redelivery */ }
+//!         ItemResult::Failed { .. } => { /* retry through the queue */ }
+//!         ItemResult::Unsent { .. } => { /* keep holding: the server was unavailable */ }
 //!     }
 //! }
 //! # Ok(()) }
@@ -62,6 +64,12 @@ pub enum ItemResult {
     /// Still failing after every retry (429, 5xx, no answer): leave the task for redelivery.
     Failed {
         /// The last failure, with the number of attempts.
+        reason: String,
+    },
+    /// Not sent because the server stayed unavailable (or refused the settings) until the
+    /// stop: the task stays in the processing list, and no attempt is used.
+    Unsent {
+        /// Why the server could not take it.
         reason: String,
     },
 }

@@ -23,8 +23,10 @@
 //!   document is never taken for a success; re-sending one is harmless because its `_id` is
 //!   the task id and an `index` overwrites.
 //!
-//! Whole-request failures (no answer, a timeout, HTTP 429 or 5xx on the request) are classified
-//! by [`classify_request_status`] and retried the same way, with [`Backoff`] between attempts.
+//! Whole-request statuses are classified by [`classify_request_status`] by whose fault they
+//! are: the server's availability (429, 502-504) or the job's settings (401, 403, 404) are
+//! waited for, other transient failures (408, 500) retried the same way as items, with
+//! [`Backoff`] between attempts, and a refused body (400, 413) fails without retrying.
 
 use std::time::Duration;
 
@@ -51,11 +53,17 @@ pub enum ItemClass {
 }
 
 /// What to do with a bulk request whose HTTP status is not a success.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestClass {
-    /// The request may succeed later (408, 429, 5xx): retry every document in it.
+    /// The server is overloaded or unavailable (429, 502, 503, 504): wait for it without
+    /// using up a retry.
+    Unavailable,
+    /// The server refuses the job's settings (401, 403 credentials, 404 index or path): wait
+    /// without using up a retry until the settings are fixed.
+    Settings,
+    /// The request may succeed later (408, 500, other 5xx): retry every document in it.
     Retry,
-    /// The request as a whole was refused (401, 403, 404, 413, ...): no document in it is
+    /// The request as a whole was refused for its body (400, 413, ...): no document in it is
     /// known to be at fault, so none is rejected and none is retried now; they fail and are
     /// redelivered later.
     Fail,
@@ -64,10 +72,11 @@ pub enum RequestClass {
 /// Classifies the HTTP status of a whole bulk request that was not a 2xx.
 #[must_use]
 pub fn classify_request_status(status: u16) -> RequestClass {
-    if is_retriable_status(status) {
-        RequestClass::Retry
-    } else {
-        RequestClass::Fail
+    match status {
+        429 | 502..=504 => RequestClass::Unavailable,
+        401 | 403 | 404 => RequestClass::Settings,
+        _ if is_retriable_status(status) => RequestClass::Retry,
+        _ => RequestClass::Fail,
     }
 }
 
@@ -487,13 +496,20 @@ mod tests {
         assert_eq!(error_reason(&e), "a: r; caused by b: s");
     }
 
-    /// 429 and 5xx on the whole request retry; other statuses fail without retrying.
+    /// Whole-request statuses: an unavailable server and wrong settings are waited for,
+    /// other transient statuses retry, and a refused body fails without retrying.
     #[test]
-    fn request_statuses_retry_only_when_transient() {
-        for s in [408, 429, 500, 502, 503, 504] {
+    fn request_statuses_are_classified_by_whose_fault_they_are() {
+        for s in [429, 502, 503, 504] {
+            assert_eq!(classify_request_status(s), RequestClass::Unavailable, "{s}");
+        }
+        for s in [401, 403, 404] {
+            assert_eq!(classify_request_status(s), RequestClass::Settings, "{s}");
+        }
+        for s in [408, 500, 501, 599] {
             assert_eq!(classify_request_status(s), RequestClass::Retry, "{s}");
         }
-        for s in [400, 401, 403, 404, 413] {
+        for s in [400, 405, 413] {
             assert_eq!(classify_request_status(s), RequestClass::Fail, "{s}");
         }
     }

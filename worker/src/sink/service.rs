@@ -5,11 +5,20 @@
 //! no answer) after a capped, jittered exponential backoff, up to `SinkSpec.retries` times.
 //! It never returns an error: every document gets an [`ItemResult`], in batch order.
 //!
+//! A server that cannot be reached, is unavailable (whole-request 429, 502, 503, 504) or
+//! refuses the job's settings (401, 403, 404) is not the documents' fault: such rounds use up
+//! no retry. The batch waits with the same capped backoff until the server answers or the
+//! caller's stop token fires, and [`Sink::is_available`] turns false meanwhile (the worker's
+//! readiness follows it). Documents still unsent at the stop come back
+//! [`ItemResult::Unsent`], so their tasks stay in the processing list with no attempt used.
+//!
 //! The body goes out through [`Elasticsearch::send`] as one `Bytes`: the generated `Bulk`
 //! builder wraps every body in an `NdBody`, which the transport copies into a fresh buffer
 //! grown from 1 KiB, while a `Bytes` body is handed to the HTTP client as it is.
 
 use std::error::Error as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,10 +27,12 @@ use elasticsearch::http::headers::HeaderMap;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::{Method, Url};
 use elasticsearch::{BulkParts, Elasticsearch};
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
 
 use super::retry::{self, Backoff, ItemClass, RequestClass};
 use super::{BulkBuilder, BulkRequest, ItemResult, SinkError};
+use crate::queue::sleep_or_cancel;
 use crate::task::TaskId;
 
 /// Longest a bulk request (connect, send, answer) may take before it counts as failed.
@@ -47,6 +58,8 @@ pub struct Sink {
     retries: u32,
     backoff: Backoff,
     timeout: Duration,
+    /// False from a round that found the server unavailable until the next answer.
+    available: Arc<AtomicBool>,
 }
 
 /// The answer to one bulk attempt.
@@ -57,6 +70,13 @@ enum Answer {
     Retry(String),
     /// The request as a whole was refused; do not retry now.
     Fail(String),
+    /// The server is not there or refuses the job's settings: wait for it, using up no retry.
+    Unavailable {
+        /// What happened, for the task's reason if the wait ends unsent.
+        reason: String,
+        /// The settings are wrong (401, 403, 404), rather than the server down.
+        settings: bool,
+    },
 }
 
 impl Sink {
@@ -128,6 +148,7 @@ impl Sink {
             retries: spec.retries,
             backoff: Backoff::default(),
             timeout: DEFAULT_REQUEST_TIMEOUT,
+            available: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -169,6 +190,13 @@ impl Sink {
         &self.url
     }
 
+    /// False while a batch waits for a server that cannot be reached, is unavailable or
+    /// refuses the job's settings; true again at the next answer (shared by clones).
+    #[must_use]
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
     /// Checks that the server answers.
     ///
     /// # Errors
@@ -200,9 +228,15 @@ impl Sink {
     /// order.
     ///
     /// Documents refused for good come back [`ItemResult::Rejected`]; documents still failing
-    /// after `SinkSpec.retries` retries (or refused as a whole request, e.g. 401) come back
-    /// [`ItemResult::Failed`].
-    pub async fn send(&self, batch: BulkRequest) -> Vec<(TaskId, ItemResult)> {
+    /// after `SinkSpec.retries` retries (or refused as a whole request for their body, e.g.
+    /// 413) come back [`ItemResult::Failed`]. While the server cannot be reached, is
+    /// unavailable or refuses the settings, the batch waits, using up no retry, until it
+    /// answers or `stop` fires; what is still unsent then comes back [`ItemResult::Unsent`].
+    pub async fn send(
+        &self,
+        batch: BulkRequest,
+        stop: &CancellationToken,
+    ) -> Vec<(TaskId, ItemResult)> {
         let n = batch.len();
         let mut results = vec![
             ItemResult::Failed {
@@ -212,12 +246,37 @@ impl Sink {
         ];
         let mut pending: Vec<usize> = (0..n).collect();
         let mut attempts = 0u32;
+        let mut waits = 0u32;
         let mut given_up = false;
         while !pending.is_empty() {
             let body = batch.body_of(&pending);
             let bytes = body.len();
+            let answer = self.post(body).await;
+            if let Answer::Unavailable { reason, settings } = answer {
+                if waits == 0 {
+                    self.note_unavailable(&reason, settings, pending.len());
+                }
+                let delay = self.backoff.delay(waits.min(16), &mut rand::rng());
+                waits += 1;
+                if sleep_or_cancel(delay, stop).await {
+                    warn!(index = %self.index, docs = pending.len(), %reason, "Stopping while the search server is unavailable; the documents stay unsent and their tasks stay queued.");
+                    for &i in &pending {
+                        results[i] = ItemResult::Unsent {
+                            reason: reason.clone(),
+                        };
+                    }
+                    pending.clear();
+                }
+                continue;
+            }
+            if waits > 0 || !self.is_available() {
+                self.available.store(true, Ordering::Relaxed);
+                info!(index = %self.index, url = %self.url, rounds = waits, "Search server answers again; sending the waiting documents.");
+                waits = 0;
+            }
             attempts += 1;
-            match self.post(body).await {
+            match answer {
+                Answer::Unavailable { .. } => {}
                 Answer::Items(response) => {
                     let ids: Vec<String> =
                         pending.iter().map(|&i| batch.ids()[i].doc_id()).collect();
@@ -295,6 +354,16 @@ impl Sink {
         batch.into_ids().into_iter().zip(results).collect()
     }
 
+    /// Marks the server unavailable and says once per outage what to do about it.
+    fn note_unavailable(&self, reason: &str, settings: bool, docs: usize) {
+        self.available.store(false, Ordering::Relaxed);
+        if settings {
+            error!(index = %self.index, docs, %reason, "The search server refuses the job's settings: fix MIGRATE_SEARCH_URL, MIGRATE_SEARCH_USERNAME/MIGRATE_SEARCH_PASSWORD (from sink.urlSecretRef and sink.credentialsSecretRef) or sink.index, then restart the workers. The documents wait and use up no attempt.");
+        } else {
+            warn!(index = %self.index, docs, %reason, "Search server unavailable; the documents wait and use up no attempt.");
+        }
+    }
+
     /// One POST of a bulk body, read into an [`Answer`].
     async fn post(&self, body: Bytes) -> Answer {
         let sent = self
@@ -311,11 +380,20 @@ impl Sink {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
-                return Answer::Retry(format!(
+                let reason = format!(
                     "bulk request to {} failed (check MIGRATE_SEARCH_URL): {}",
                     self.url,
                     chain(&e)
-                ));
+                );
+                // Never connected: the server is down or elsewhere, not hurt by this body.
+                return if is_connect_error(&e) {
+                    Answer::Unavailable {
+                        reason,
+                        settings: false,
+                    }
+                } else {
+                    Answer::Retry(reason)
+                };
             }
         };
         let status = response.status_code().as_u16();
@@ -331,6 +409,14 @@ impl Sink {
         if !(200..=299).contains(&status) {
             let reason = format!("bulk request answered HTTP {status}: {}", quote(&text));
             return match retry::classify_request_status(status) {
+                RequestClass::Unavailable => Answer::Unavailable {
+                    reason,
+                    settings: false,
+                },
+                RequestClass::Settings => Answer::Unavailable {
+                    reason,
+                    settings: true,
+                },
                 RequestClass::Retry => Answer::Retry(reason),
                 RequestClass::Fail => Answer::Fail(reason),
             };
@@ -343,6 +429,21 @@ impl Sink {
             )),
         }
     }
+}
+
+/// Whether the request never reached the server (refused, unresolved, connect timeout).
+fn is_connect_error(e: &elasticsearch::Error) -> bool {
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_connect)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// An error and its causes on one line (reqwest puts the useful part, e.g. "Connection
@@ -590,13 +691,18 @@ mod tests {
             .collect()
     }
 
+    /// A stop token that never fires.
+    fn go() -> CancellationToken {
+        CancellationToken::new()
+    }
+
     /// Gaps between consecutive requests.
     fn gaps(seen: &[Seen]) -> Vec<Duration> {
         seen.windows(2).map(|w| w[1].at - w[0].at).collect()
     }
 
-    /// HTTP 429 on the whole request twice, then success: resent with growing backoff, and
-    /// every document ends indexed.
+    /// HTTP 429 on the whole request twice, then success: resent with growing backoff, using
+    /// up no retry (the sink has none), and every document ends indexed.
     #[tokio::test]
     async fn a_429_storm_is_retried_with_backoff_until_it_passes() {
         let too_many = Act::Reply(
@@ -610,8 +716,8 @@ mod tests {
             Act::Reply(200, ok_items(&[1, 2, 3])),
         ])
         .await;
-        let sink = sink(&server.url, 5);
-        let results = sink.send(batch(&sink, 3)).await;
+        let sink = sink(&server.url, 0);
+        let results = sink.send(batch(&sink, 3), &go()).await;
         assert!(
             results.iter().all(|(_, r)| *r == ItemResult::Indexed),
             "{results:?}"
@@ -648,7 +754,7 @@ mod tests {
         ])
         .await;
         let sink = sink(&server.url, 3);
-        let results = sink.send(batch(&sink, 4)).await;
+        let results = sink.send(batch(&sink, 4), &go()).await;
         let ids: Vec<u64> = results.iter().map(|(id, _)| id.value).collect();
         assert_eq!(ids, [1, 2, 3, 4]);
         assert_eq!(results[0].1, ItemResult::Indexed);
@@ -667,14 +773,14 @@ mod tests {
         assert!(seen[1].body.contains(r#"{"n":4}"#));
     }
 
-    /// A 503 on every request: tried 1 + retries times, with backoff, then every document
+    /// A 500 on every request: tried 1 + retries times, with backoff, then every document
     /// comes back Failed saying how often it was tried and why.
     #[tokio::test]
-    async fn a_503_on_every_request_stops_at_the_retry_limit() {
-        let server = Scripted::start(vec![Act::Reply(503, r#"{"error":"down"}"#.into())]).await;
+    async fn a_500_on_every_request_stops_at_the_retry_limit() {
+        let server = Scripted::start(vec![Act::Reply(500, r#"{"error":"boom"}"#.into())]).await;
         let sink = sink(&server.url, 2);
         let started = Instant::now();
-        let results = sink.send(batch(&sink, 2)).await;
+        let results = sink.send(batch(&sink, 2), &go()).await;
         assert_eq!(server.seen().len(), 3);
         assert!(
             started.elapsed() >= Duration::from_millis(20 + 40),
@@ -685,7 +791,7 @@ mod tests {
             match r {
                 ItemResult::Failed { reason } => {
                     assert!(reason.starts_with("gave up after 3 attempts"), "{reason}");
-                    assert!(reason.contains("HTTP 503"), "{reason}");
+                    assert!(reason.contains("HTTP 500"), "{reason}");
                 }
                 other => panic!("expected Failed, got {other:?}"),
             }
@@ -703,7 +809,7 @@ mod tests {
         let again = json!({"errors": true, "items": [busy]}).to_string();
         let server = Scripted::start(vec![Act::Reply(200, first), Act::Reply(200, again)]).await;
         let sink = sink(&server.url, 2);
-        let results = sink.send(batch(&sink, 2)).await;
+        let results = sink.send(batch(&sink, 2), &go()).await;
         assert_eq!(results[0].1, ItemResult::Indexed);
         assert!(
             matches!(&results[1].1, ItemResult::Failed { reason }
@@ -720,7 +826,7 @@ mod tests {
     async fn a_dropped_connection_is_retried() {
         let server = Scripted::start(vec![Act::Drop, Act::Reply(200, ok_items(&[1, 2]))]).await;
         let sink = sink(&server.url, 2);
-        let results = sink.send(batch(&sink, 2)).await;
+        let results = sink.send(batch(&sink, 2), &go()).await;
         assert!(
             results.iter().all(|(_, r)| *r == ItemResult::Indexed),
             "{results:?}"
@@ -733,7 +839,7 @@ mod tests {
     async fn connections_always_dropped_end_failed() {
         let server = Scripted::start(vec![Act::Drop]).await;
         let sink = sink(&server.url, 1);
-        let results = sink.send(batch(&sink, 1)).await;
+        let results = sink.send(batch(&sink, 1), &go()).await;
         assert_eq!(server.seen().len(), 2);
         assert!(
             matches!(&results[0].1, ItemResult::Failed { reason } if reason.starts_with("gave up after 2 attempts: bulk request to")),
@@ -746,23 +852,115 @@ mod tests {
     async fn a_stalled_answer_times_out_and_is_retried() {
         let server = Scripted::start(vec![Act::Stall, Act::Reply(200, ok_items(&[1]))]).await;
         let sink = sink(&server.url, 1).with_request_timeout(Duration::from_millis(300));
-        let results = sink.send(batch(&sink, 1)).await;
+        let results = sink.send(batch(&sink, 1), &go()).await;
         assert_eq!(results[0].1, ItemResult::Indexed);
         assert_eq!(server.seen().len(), 2);
     }
 
-    /// A 401 on the request is not the documents' fault and will not pass by retrying now:
-    /// sent once, every document Failed (left for redelivery), none Rejected.
+    /// A 413 on the request is about its body, not about any one document: sent once, every
+    /// document Failed (retried through the queue), none Rejected.
     #[tokio::test]
-    async fn an_auth_failure_is_not_retried_and_not_rejected() {
+    async fn a_request_refused_for_its_body_is_not_retried_and_not_rejected() {
         let server =
-            Scripted::start(vec![Act::Reply(401, r#"{"error":"unauthorized"}"#.into())]).await;
+            Scripted::start(vec![Act::Reply(413, r#"{"error":"too large"}"#.into())]).await;
         let sink = sink(&server.url, 5);
-        let results = sink.send(batch(&sink, 2)).await;
+        let results = sink.send(batch(&sink, 2), &go()).await;
         assert_eq!(server.seen().len(), 1);
         assert!(results
             .iter()
-            .all(|(_, r)| matches!(r, ItemResult::Failed { reason } if reason.starts_with("not retried") && reason.contains("401"))));
+            .all(|(_, r)| matches!(r, ItemResult::Failed { reason } if reason.starts_with("not retried") && reason.contains("413"))));
+    }
+
+    /// Waits until `sink` reports `available`, failing after 10 s.
+    async fn until_available(sink: &Sink, available: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.is_available() != available {
+            assert!(
+                Instant::now() < deadline,
+                "availability never became {available}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Wrong credentials (401, then 403) are the job's settings, not the documents' fault: the
+    /// batch waits without using up a retry (the sink has none), the sink reports itself
+    /// unavailable meanwhile, and once the server accepts, every document is indexed.
+    #[tokio::test]
+    async fn wrong_credentials_wait_without_using_retries_until_fixed() {
+        let server = Scripted::start(vec![
+            Act::Reply(401, r#"{"error":"unauthorized"}"#.into()),
+            Act::Reply(403, r#"{"error":"forbidden"}"#.into()),
+            Act::Reply(200, ok_items(&[1, 2])),
+        ])
+        .await;
+        let sink = sink(&server.url, 0);
+        let sending = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.send(batch(&sink, 2), &go()).await })
+        };
+        until_available(&sink, false).await;
+        let results = sending.await.unwrap();
+        assert!(
+            results.iter().all(|(_, r)| *r == ItemResult::Indexed),
+            "{results:?}"
+        );
+        assert_eq!(server.seen().len(), 3);
+        assert!(
+            sink.is_available(),
+            "an answer makes the sink available again"
+        );
+    }
+
+    /// A 503 on every request: the batch waits past any retry limit until the stop fires,
+    /// then every document comes back Unsent (no attempt used), with the server's answer.
+    #[tokio::test]
+    async fn an_outage_waits_until_the_stop_and_leaves_documents_unsent() {
+        let server = Scripted::start(vec![Act::Reply(503, r#"{"error":"down"}"#.into())]).await;
+        let sink = sink(&server.url, 1);
+        let stop = CancellationToken::new();
+        let sending = {
+            let (sink, stop) = (sink.clone(), stop.clone());
+            tokio::spawn(async move { sink.send(batch(&sink, 2), &stop).await })
+        };
+        // More rounds than 1 + retries: the outage uses up no retry.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.seen().len() < 4 {
+            assert!(Instant::now() < deadline, "the batch stopped being resent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!sink.is_available());
+        stop.cancel();
+        let results = sending.await.unwrap();
+        for (_, r) in &results {
+            assert!(
+                matches!(r, ItemResult::Unsent { reason } if reason.contains("HTTP 503")),
+                "{r:?}"
+            );
+        }
+    }
+
+    /// No server at the address at all (connection refused): the same wait, and the reason
+    /// names the address and the setting to check.
+    #[tokio::test]
+    async fn a_refused_connection_waits_until_the_stop() {
+        let url = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let sink = sink(&url, 0);
+        let stop = CancellationToken::new();
+        let sending = {
+            let (sink, stop) = (sink.clone(), stop.clone());
+            tokio::spawn(async move { sink.send(batch(&sink, 1), &stop).await })
+        };
+        until_available(&sink, false).await;
+        stop.cancel();
+        let results = sending.await.unwrap();
+        assert!(
+            matches!(&results[0].1, ItemResult::Unsent { reason } if reason.contains(&url) && reason.contains("MIGRATE_SEARCH_URL")),
+            "{results:?}"
+        );
     }
 
     /// A 200 whose body is not JSON is retried, never taken for a success.
@@ -774,7 +972,7 @@ mod tests {
         ])
         .await;
         let sink = sink(&server.url, 1);
-        let results = sink.send(batch(&sink, 1)).await;
+        let results = sink.send(batch(&sink, 1), &go()).await;
         assert_eq!(results[0].1, ItemResult::Indexed);
         assert_eq!(server.seen().len(), 2);
     }
@@ -786,7 +984,7 @@ mod tests {
         let url = format!("{}/proxy/es", server.url);
         let sink = Sink::new(&spec(0), &url, Some("elastic"), Some("s3cret")).unwrap();
         assert_eq!(sink.url(), url);
-        let results = sink.send(batch(&sink, 1)).await;
+        let results = sink.send(batch(&sink, 1), &go()).await;
         assert_eq!(results[0].1, ItemResult::Indexed);
         assert!(
             server.seen()[0].target.starts_with("/proxy/es/mock/_bulk"),
@@ -840,7 +1038,8 @@ mod tests {
     fn send_and_ping_futures_are_send() {
         fn assert_send<T: Send>(_: &T) {}
         let sink = sink("http://127.0.0.1:1", 0);
-        assert_send(&sink.send(sink.builder().finish()));
+        let stop = go();
+        assert_send(&sink.send(sink.builder().finish(), &stop));
         assert_send(&sink.ping());
     }
 
@@ -849,7 +1048,7 @@ mod tests {
     async fn an_empty_batch_sends_nothing() {
         let server = Scripted::start(vec![Act::Reply(500, String::new())]).await;
         let sink = sink(&server.url, 3);
-        assert!(sink.send(sink.builder().finish()).await.is_empty());
+        assert!(sink.send(sink.builder().finish(), &go()).await.is_empty());
         assert!(server.seen().is_empty());
     }
 }

@@ -305,6 +305,12 @@ impl Job {
 
     /// Starts the worker binary with `worker_id`, writing the current spec first.
     pub fn spawn(&self, worker_id: &str) -> WorkerProcess {
+        self.spawn_with_search(worker_id, &self.env.es_url)
+    }
+
+    /// Like [`Job::spawn`], with the search server at `search_url` (a [`Gate`] in front of the
+    /// real one, for outages).
+    pub fn spawn_with_search(&self, worker_id: &str, search_url: &str) -> WorkerProcess {
         std::fs::write(
             self.pipeline_path(),
             migrate_crds::pipeline::to_yaml(&self.spec).unwrap(),
@@ -325,7 +331,7 @@ impl Job {
             .env("RUST_LOG", "info,migrate_worker=info")
             .env("MIGRATE_REDIS_URL", &self.env.redis_url)
             .env("MIGRATE_MYSQL_URL", &self.db_url)
-            .env("MIGRATE_SEARCH_URL", &self.env.es_url)
+            .env("MIGRATE_SEARCH_URL", search_url)
             .env("MIGRATE_WORKER_ID", worker_id)
             .env("MIGRATE_KEYWORDS_DIR", self.dir.path().join("keywords"))
             .env("MIGRATE_LISTEN", format!("127.0.0.1:{port}"))
@@ -633,6 +639,66 @@ where
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A TCP forwarder on a loopback port to a real server, which can be shut (the port refuses
+/// connections and the connections open through it are cut) and opened again: an outage of
+/// that one server as its clients see it, without stopping a server other tests share.
+pub struct Gate {
+    port: u16,
+    upstream: String,
+    open: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gate {
+    /// A gate to `upstream_url`'s host and port, shut.
+    pub fn shut(upstream_url: &str) -> Self {
+        let url = reqwest::Url::parse(upstream_url).unwrap();
+        let upstream = format!(
+            "{}:{}",
+            url.host_str().unwrap(),
+            url.port_or_known_default().unwrap()
+        );
+        Self {
+            port: free_port(),
+            upstream,
+            open: None,
+        }
+    }
+
+    /// The URL clients use.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts forwarding.
+    pub async fn open(&mut self) {
+        assert!(self.open.is_none(), "the gate is open already");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let upstream = self.upstream.clone();
+        self.open = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Stops forwarding: the port refuses, and open connections are cut (dropping the task
+    /// drops the listener and, with the `JoinSet`, every connection task).
+    pub async fn shut_now(&mut self) {
+        if let Some(task) = self.open.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 /// Brings a testbed component back up when dropped, so a test that fails while the component
