@@ -394,6 +394,64 @@ async fn a_spec_edit_rolls_the_workers_and_scaling_does_not() {
     h.finish().await;
 }
 
+/// A worker reads its Secrets once, at start: creating a Secret that was missing, or
+/// changing one (a fixed password), rolls every worker (reason `updated`) without a spec edit.
+#[tokio::test]
+async fn a_changed_secret_rolls_the_workers() {
+    let h = Harness::start("mjt-secret").await;
+    let queue = unique_name("mjq");
+    let mut s = spec(&queue);
+    s.replicas = Some(2);
+    let mysql = s.source.url_secret_ref.clone();
+    h.create_job("secrets", s).await;
+    let first = h.wait_for_pods("secrets", 2).await;
+
+    let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), &h.ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": mysql.name},
+        "stringData": {(mysql.key.clone()): "mysql://app:wrong@127.0.0.1:3306/shop"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the MySQL Secret");
+    h.wait_for_status("secrets", "two workers replaced for the new Secret", |s| {
+        s.restarts.updated == 2 && s.replicas == 2
+    })
+    .await;
+    let second = h.wait_for_pods("secrets", 2).await;
+    assert!(
+        second.is_disjoint(&first),
+        "every pod was replaced: {second:?}"
+    );
+
+    secrets
+        .patch(
+            &mysql.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {(mysql.key.clone()): "mysql://app:fixed@127.0.0.1:3306/shop"}})),
+        )
+        .await
+        .expect("fix the password");
+    let status = h
+        .wait_for_status("secrets", "two more replaced for the changed Secret", |s| {
+            s.restarts.updated == 4 && s.replicas == 2
+        })
+        .await;
+    assert_eq!(
+        status.restarts.total, 4,
+        "nothing else restarted: {:?}",
+        status.restarts
+    );
+    let third = h.wait_for_pods("secrets", 2).await;
+    assert!(
+        third.is_disjoint(&second),
+        "every pod was replaced again: {third:?}"
+    );
+    h.finish().await;
+}
+
 /// A pod that ends OOM-killed is counted (status and Degraded with a suggestion), its
 /// processing list goes back on the queue, and it is replaced by a new pod.
 #[tokio::test]

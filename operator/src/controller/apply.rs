@@ -228,13 +228,17 @@ pub async fn list_pods(
         ))
 }
 
-/// Creates one worker pod; returns its name.
+/// Creates one worker pod, stamped with the `secrets`' versions; returns its name.
 ///
 /// # Errors
 /// [`ApplyError`].
-pub async fn create_pod(pods: &Api<Pod>, job: &MigrateJob) -> Result<String, ApplyError> {
+pub async fn create_pod(
+    pods: &Api<Pod>,
+    job: &MigrateJob,
+    secrets: &build::SecretVersions,
+) -> Result<String, ApplyError> {
     let name = job.name_any();
-    let pod = build::worker_pod(job).map_err(|source| ApplyError::Build {
+    let pod = build::worker_pod(job, secrets).map_err(|source| ApplyError::Build {
         job: name.clone(),
         source,
     })?;

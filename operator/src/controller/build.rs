@@ -4,7 +4,7 @@
 //! Secrets never pass through the operator: the pod names them by `secretKeyRef` and the
 //! kubelet fills the environment, so no builder takes a secret value as input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use migrate_crds::pipeline::{PipelineError, to_yaml};
-use migrate_crds::{MigrateJob, SecretKeyRef};
+use migrate_crds::{MigrateJob, MigrateJobSpec, SecretKeyRef};
 
 /// `app.kubernetes.io/name` of every worker pod.
 pub const APP_NAME: &str = "migrate-worker";
@@ -36,8 +36,8 @@ pub const STOP_REASON: &str = "migrate-operator.io/stop-reason";
 pub const REAPED: &str = "migrate-operator.io/reaped";
 /// The spec generation a pod was built from.
 pub const GENERATION: &str = "migrate-operator.io/generation";
-/// The [`template_hash`] of the spec a pod was built from: a pod whose hash differs from the
-/// job's current one is replaced (restart reason `updated`).
+/// The [`template_hash`] of the spec (and the Secrets' versions) a pod was built from: a pod
+/// whose hash differs from the job's current one is replaced (restart reason `updated`).
 pub const TEMPLATE_HASH: &str = "migrate-operator.io/template-hash";
 
 /// The container's `terminationMessagePath`, also given to the worker as
@@ -245,16 +245,39 @@ fn http_probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The resource version of each Secret a worker reads ([`referenced_secrets`]) by name; an
+/// empty version for a Secret that does not exist.
+pub type SecretVersions = BTreeMap<String, String>;
+
+/// The names of the Secrets a worker reads through its environment: the Redis, MySQL and
+/// search URLs and the search credentials.
+#[must_use]
+pub fn referenced_secrets(spec: &MigrateJobSpec) -> BTreeSet<String> {
+    [
+        Some(&spec.queue.url_secret_ref),
+        Some(&spec.source.url_secret_ref),
+        Some(&spec.sink.url_secret_ref),
+        spec.sink.username_secret_ref.as_ref(),
+        spec.sink.password_secret_ref.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|s| s.name.clone())
+    .collect()
+}
+
 /// A digest of everything in the spec that a running worker depends on: the spec without the
 /// fields only the operator reads to size the pool (`replicas`, `workers.minReplicas`,
 /// `workers.maxReplicas`, `workers.targetBacklogPerWorker`,
 /// `workers.scaleDownStabilizationSeconds`, `workers.drainSettleSeconds`). Scaling, by hand
-/// or by an autoscaler, therefore never restarts a worker; any other edit rolls them. 16 hex
-/// digits of SHA-256 over the spec's JSON.
+/// or by an autoscaler, therefore never restarts a worker; any other edit rolls them. The
+/// `secrets`' versions are part of it too: a worker reads its Secrets once, at start, so a
+/// fixed password or a moved server rolls the workers the same way. 16 hex digits of SHA-256
+/// over the spec's JSON and the versions.
 ///
 /// # Errors
 /// [`BuildError::Serialize`] if the spec cannot be written as JSON.
-pub fn template_hash(job: &MigrateJob) -> Result<String, BuildError> {
+pub fn template_hash(job: &MigrateJob, secrets: &SecretVersions) -> Result<String, BuildError> {
     use sha2::{Digest, Sha256};
     let mut spec = job.spec.clone();
     spec.replicas = None;
@@ -264,15 +287,24 @@ pub fn template_hash(job: &MigrateJob) -> Result<String, BuildError> {
     spec.workers.scale_down_stabilization_seconds = 0;
     spec.workers.drain_settle_seconds = 0;
     let json = serde_json::to_vec(&spec).map_err(BuildError::Serialize)?;
-    let digest = Sha256::digest(&json);
+    let mut hasher = Sha256::new();
+    hasher.update(&json);
+    for (name, version) in secrets {
+        hasher.update([0]);
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(version.as_bytes());
+    }
+    let digest = hasher.finalize();
     Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
 }
 
-/// A worker pod of the job (named by the API server from [`pod_prefix`]).
+/// A worker pod of the job (named by the API server from [`pod_prefix`]), stamped with the
+/// [`template_hash`] of the job and the `secrets`' versions.
 ///
 /// # Errors
 /// [`BuildError::Incomplete`] when the job did not come from the API server.
-pub fn worker_pod(job: &MigrateJob) -> Result<Pod, BuildError> {
+pub fn worker_pod(job: &MigrateJob, secrets: &SecretVersions) -> Result<Pod, BuildError> {
     let id = identity(job)?;
     let spec = &job.spec;
     let workers = &spec.workers;
@@ -420,7 +452,7 @@ pub fn worker_pod(job: &MigrateJob) -> Result<Pod, BuildError> {
     if let Some(generation) = job.metadata.generation {
         annotations.insert(GENERATION.to_owned(), generation.to_string());
     }
-    annotations.insert(TEMPLATE_HASH.to_owned(), template_hash(job)?);
+    annotations.insert(TEMPLATE_HASH.to_owned(), template_hash(job, secrets)?);
     Ok(Pod {
         metadata: ObjectMeta {
             generate_name: Some(pod_prefix(id.name)),

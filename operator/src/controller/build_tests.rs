@@ -28,7 +28,7 @@ fn job() -> MigrateJob {
 /// it never restarts a worker; an edit a worker depends on changes it.
 #[test]
 fn the_template_hash_ignores_scaling_fields_and_follows_everything_else() {
-    let base = template_hash(&job()).unwrap();
+    let base = template_hash(&job(), &SecretVersions::new()).unwrap();
     assert_eq!(base.len(), 16);
     let mut scaled = job();
     scaled.spec.replicas = Some(7);
@@ -37,13 +37,82 @@ fn the_template_hash_ignores_scaling_fields_and_follows_everything_else() {
     scaled.spec.workers.target_backlog_per_worker = 5;
     scaled.spec.workers.scale_down_stabilization_seconds = 1;
     scaled.spec.workers.drain_settle_seconds = 1;
-    assert_eq!(template_hash(&scaled).unwrap(), base);
+    assert_eq!(
+        template_hash(&scaled, &SecretVersions::new()).unwrap(),
+        base
+    );
     let mut edited = job();
     edited.spec.workers.concurrency += 1;
-    assert_ne!(template_hash(&edited).unwrap(), base);
+    assert_ne!(
+        template_hash(&edited, &SecretVersions::new()).unwrap(),
+        base
+    );
     let mut edited = job();
     edited.spec.workers.image.push_str("-next");
-    assert_ne!(template_hash(&edited).unwrap(), base);
+    assert_ne!(
+        template_hash(&edited, &SecretVersions::new()).unwrap(),
+        base
+    );
+}
+
+/// The Secrets a worker reads are every Secret its environment names, once each; a new
+/// version of any of them (or one created where it was missing) changes the template hash,
+/// the same versions keep it.
+#[test]
+fn the_template_hash_follows_the_versions_of_the_referenced_secrets() {
+    let mut j = job();
+    j.spec.sink.username_secret_ref = Some(SecretKeyRef {
+        name: "search-auth".into(),
+        key: "username".into(),
+    });
+    j.spec.sink.password_secret_ref = Some(SecretKeyRef {
+        name: "search-auth".into(),
+        key: "password".into(),
+    });
+    let names = referenced_secrets(&j.spec);
+    let mut want: BTreeSet<String> = [
+        &j.spec.queue.url_secret_ref.name,
+        &j.spec.source.url_secret_ref.name,
+        &j.spec.sink.url_secret_ref.name,
+    ]
+    .into_iter()
+    .cloned()
+    .collect();
+    want.insert("search-auth".into());
+    assert_eq!(names, want);
+
+    let versions = |v: &str| -> SecretVersions {
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    if n == "search-auth" {
+                        v.to_owned()
+                    } else {
+                        "1".to_owned()
+                    },
+                )
+            })
+            .collect()
+    };
+    let base = template_hash(&j, &versions("10")).unwrap();
+    assert_eq!(template_hash(&j, &versions("10")).unwrap(), base);
+    assert_ne!(
+        template_hash(&j, &versions("11")).unwrap(),
+        base,
+        "a new version rolls"
+    );
+    assert_ne!(
+        template_hash(&j, &versions("")).unwrap(),
+        base,
+        "a missing Secret differs"
+    );
+    let pod = worker_pod(&j, &versions("11")).unwrap();
+    assert_eq!(
+        pod.annotations().get(TEMPLATE_HASH),
+        Some(&template_hash(&j, &versions("11")).unwrap())
+    );
 }
 
 fn container(pod: &Pod) -> &Container {
@@ -53,7 +122,7 @@ fn container(pod: &Pod) -> &Container {
 /// Security settings the restricted Pod Security Standard asks for, on pod and container.
 #[test]
 fn the_worker_pod_runs_non_root_read_only_without_privileges() {
-    let pod = worker_pod(&job()).unwrap();
+    let pod = worker_pod(&job(), &SecretVersions::new()).unwrap();
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
     assert_eq!(spec.automount_service_account_token, Some(false));
@@ -82,7 +151,7 @@ fn the_worker_pod_runs_non_root_read_only_without_privileges() {
 #[test]
 fn secrets_reach_the_pod_only_by_secret_key_ref() {
     let j = job();
-    let pod = worker_pod(&j).unwrap();
+    let pod = worker_pod(&j, &SecretVersions::new()).unwrap();
     let env = container(&pod).env.as_ref().unwrap();
     let by_name = |n: &str| {
         env.iter()
@@ -162,7 +231,7 @@ fn secrets_reach_the_pod_only_by_secret_key_ref() {
 
 #[test]
 fn probes_point_at_the_workers_metrics_port() {
-    let pod = worker_pod(&job()).unwrap();
+    let pod = worker_pod(&job(), &SecretVersions::new()).unwrap();
     let c = container(&pod);
     let ready = c
         .readiness_probe
@@ -201,7 +270,7 @@ fn probes_point_at_the_workers_metrics_port() {
 #[test]
 fn the_pod_is_owned_labelled_and_annotated() {
     let j = job();
-    let pod = worker_pod(&j).unwrap();
+    let pod = worker_pod(&j, &SecretVersions::new()).unwrap();
     let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
@@ -229,7 +298,7 @@ fn the_pod_is_owned_labelled_and_annotated() {
     assert_eq!(annotations.get(GENERATION).map(String::as_str), Some("4"));
     assert_eq!(
         annotations.get(TEMPLATE_HASH),
-        Some(&template_hash(&job()).unwrap())
+        Some(&template_hash(&job(), &SecretVersions::new()).unwrap())
     );
     assert_eq!(
         pod.metadata.generate_name.as_deref(),
@@ -258,7 +327,7 @@ fn busy_workers_are_not_safe_to_evict_and_cost_more_to_delete() {
 #[test]
 fn resources_come_from_the_spec() {
     let j = job();
-    let pod = worker_pod(&j).unwrap();
+    let pod = worker_pod(&j, &SecretVersions::new()).unwrap();
     let c = container(&pod);
     assert_eq!(c.resources, j.spec.workers.resources);
     let limit_env = c
@@ -278,7 +347,7 @@ fn resources_come_from_the_spec() {
     assert_eq!(field.resource, "limits.memory");
     let mut no_limits = job();
     no_limits.spec.workers.resources = Some(ResourceRequirements::default());
-    let pod = worker_pod(&no_limits).unwrap();
+    let pod = worker_pod(&no_limits, &SecretVersions::new()).unwrap();
     assert!(
         container(&pod)
             .env
@@ -293,7 +362,7 @@ fn resources_come_from_the_spec() {
 #[test]
 fn the_pipeline_and_keywords_are_mounted() {
     let j = job();
-    let pod = worker_pod(&j).unwrap();
+    let pod = worker_pod(&j, &SecretVersions::new()).unwrap();
     let c = container(&pod);
     assert_eq!(
         c.args.as_ref().unwrap(),
@@ -368,7 +437,10 @@ fn the_disruption_budget_allows_one_worker_down_at_a_time() {
 fn a_job_not_read_from_the_api_server_cannot_be_built() {
     let mut j = job();
     j.metadata.uid = None;
-    assert!(matches!(worker_pod(&j), Err(BuildError::Incomplete("uid"))));
+    assert!(matches!(
+        worker_pod(&j, &SecretVersions::new()),
+        Err(BuildError::Incomplete("uid"))
+    ));
 }
 
 #[test]

@@ -853,7 +853,22 @@ async fn reconcile_job(
             .and_then(|v| v.in_flight.get(n).copied())
             .unwrap_or(0)
     };
-    let template_hash = build::template_hash(job).unwrap_or_default();
+    // The Secrets' versions are part of the template: a changed Secret rolls the workers.
+    // Unknown versions (a read failed) roll nothing: the hash is then empty.
+    let secrets = observe::secret_versions(
+        &ctx.client,
+        &namespace,
+        &build::referenced_secrets(&job.spec),
+    )
+    .await;
+    if let Err(e) = &secrets {
+        warn!(error = %chain(e), "Cannot read the workers' Secrets' versions; no worker is rolled for them this round.");
+    }
+    let template_hash = match &secrets {
+        Ok(versions) => build::template_hash(job, versions).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let secrets = secrets.unwrap_or_default();
     let workers: Vec<policy::Worker> = pods
         .iter()
         .map(|p| {
@@ -965,7 +980,11 @@ async fn reconcile_job(
             continue;
         };
         for _ in 0..*count {
-            created.push(apply::create_pod(&pods_api, job).await.map_err(apply_err)?);
+            created.push(
+                apply::create_pod(&pods_api, job, &secrets)
+                    .await
+                    .map_err(apply_err)?,
+            );
         }
         info!(count, desired = decision.desired, "Started worker pods.");
         events::publish(

@@ -326,6 +326,36 @@ pub async fn redis_url(
         })
 }
 
+/// The resource version of each named Secret (empty for one that does not exist), read as
+/// metadata only: the operator never holds the MySQL or search credentials.
+///
+/// # Errors
+/// [`ObserveError::SecretRead`] when one cannot be read (the caller then knows no versions,
+/// and rolls nothing for them).
+pub async fn secret_versions(
+    client: &Client,
+    namespace: &str,
+    names: &std::collections::BTreeSet<String>,
+) -> Result<super::build::SecretVersions, ObserveError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut versions = super::build::SecretVersions::new();
+    for name in names {
+        let version = match api.get_metadata(name).await {
+            Ok(meta) => meta.metadata.resource_version.unwrap_or_default(),
+            Err(kube::Error::Api(status)) if status.code == 404 => String::new(),
+            Err(source) => {
+                return Err(ObserveError::SecretRead {
+                    namespace: namespace.to_owned(),
+                    name: name.clone(),
+                    source,
+                });
+            }
+        };
+        versions.insert(name.clone(), version);
+    }
+    Ok(versions)
+}
+
 /// One reading of a worker's `/metrics`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scraped {
