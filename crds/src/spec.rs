@@ -565,6 +565,9 @@ fn default_metrics_port() -> u16 {
 #[x_kube(validation = kube::core::Rule::new(
     "self.soft.endsWith('%') || self.hard.endsWith('%') || quantity(self.soft).isLessThan(quantity(self.hard))"
 ).message("memory.soft must be lower than memory.hard"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.source) || self.source != 'PodMetrics' || !has(self.staleAfterSeconds) || self.staleAfterSeconds >= 30"
+).message("memory.staleAfterSeconds must be at least 30 with memory.source PodMetrics: metrics-server refreshes a pod's usage every 15 to 60 seconds"))]
 pub struct MemorySpec {
     /// Above this a worker is drained gracefully and replaced (a replacement starts first
     /// while below `workers.maxReplicas`). Percent of the memory limit, or bytes.
@@ -599,6 +602,27 @@ pub struct MemorySpec {
     #[serde(default = "default_stale_after")]
     #[schemars(range(min = 1, max = 3600))]
     pub stale_after_seconds: u32,
+    /// Where the operator reads each worker's memory from: `Worker` (the default: the worker's
+    /// own `/metrics` at its pod IP every `checkIntervalMs`, fresh to the second) or
+    /// `PodMetrics` (the `metrics.k8s.io` API served by metrics-server: refreshed every 15 to 60
+    /// seconds, so a leak is seen later; for clusters where the operator cannot reach pod IPs;
+    /// needs `staleAfterSeconds` of at least 30). Local mode always reads `/proc`.
+    #[serde(default)]
+    pub source: MemorySource,
+}
+
+/// Where the operator reads a worker's memory from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MemorySource {
+    /// The worker's own `/metrics` at its pod IP, every `checkIntervalMs`: the larger of its
+    /// RSS and its cgroup's usage, fresh to the second. The default.
+    #[default]
+    Worker,
+    /// The `metrics.k8s.io` API (metrics-server): the container's working set, refreshed every
+    /// 15 to 60 seconds, so a leak is seen later; for clusters where the operator cannot reach
+    /// pod IPs. Needs `staleAfterSeconds` of at least 30. The workers' `/metrics` is still read
+    /// when reachable, for the task counts and the leaking stage.
+    PodMetrics,
 }
 
 impl Default for MemorySpec {
@@ -610,6 +634,7 @@ impl Default for MemorySpec {
             max_concurrent_restarts: default_max_restarts(),
             min_worker_age_seconds: default_min_age(),
             stale_after_seconds: default_stale_after(),
+            source: MemorySource::default(),
         }
     }
 }

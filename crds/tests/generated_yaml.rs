@@ -64,6 +64,7 @@ fn crd_snapshot_of_the_api_surface() {
         "memory.soft in percent must be between 1% and 100%",
         "exactly one query must have main: true",
         "sql must not be empty",
+        "memory.staleAfterSeconds must be at least 30 with memory.source PodMetrics",
     ] {
         assert!(yaml.contains(message), "missing CEL message {message:?}");
     }

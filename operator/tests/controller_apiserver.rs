@@ -16,7 +16,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Client, ResourceExt};
 use migrate_crds::pipeline::{example_spec, from_yaml};
 use migrate_crds::{MigrateJob, MigrateJobSpec, MigrateJobStatus, Mode};
@@ -787,5 +790,111 @@ async fn a_worker_above_its_hard_memory_limit_is_killed_and_replaced() {
     })
     .await;
     server.abort();
+    h.finish().await;
+}
+
+/// With `memory.source: PodMetrics` the memory comes from the `metrics.k8s.io` API, not from
+/// the worker (whose `/metrics` is unreachable here, as where the operator cannot reach pod
+/// IPs): an old PodMetrics entry is stale (reported as `MetricsUnavailable` naming
+/// metrics-server, never acted on); a fresh one above the hard limit kills the pod at once.
+/// The API is served by a stand-in CRD of the same group and plural (no kubelet, so no
+/// metrics-server here).
+#[tokio::test]
+async fn pod_metrics_drive_memory_supervision_when_chosen() {
+    let h = Harness::start("mjt-podmetrics").await;
+    k8s::install_pod_metrics_api(&h.admin).await;
+    let mut s = spec(&unique_name("mjq"));
+    s.replicas = Some(1);
+    s.memory.source = migrate_crds::MemorySource::PodMetrics;
+    s.memory.stale_after_seconds = 30;
+    // Nothing listens there: the worker's own reading is never available.
+    s.workers.metrics_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    h.create_job("topped", s).await;
+    let first = h
+        .wait_for_pods("topped", 1)
+        .await
+        .into_iter()
+        .next()
+        .expect("one pod");
+    h.pods()
+        .patch_status(
+            &first,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Running",
+                "podIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }})),
+        )
+        .await
+        .expect("mark the pod ready");
+
+    let metrics: Api<DynamicObject> = Api::namespaced_with(
+        h.admin.clone(),
+        &h.ns,
+        &ApiResource {
+            group: "metrics.k8s.io".into(),
+            version: "v1beta1".into(),
+            api_version: "metrics.k8s.io/v1beta1".into(),
+            kind: "PodMetrics".into(),
+            plural: "pods".into(),
+        },
+    );
+    // As metrics-server reports it: the pod's labels, the end of the window, the working set.
+    let pod_metrics = |at: Timestamp, memory: &str| {
+        json!({
+            "apiVersion": "metrics.k8s.io/v1beta1",
+            "kind": "PodMetrics",
+            "metadata": {"name": first, "labels": {"migrate-operator.io/job": "topped"}},
+            "timestamp": at.to_string(),
+            "window": "15s",
+            "containers": [{"name": "worker", "usage": {"cpu": "10m", "memory": memory}}]
+        })
+    };
+    let five_minutes_ago = Timestamp::now() - SignedDuration::from_secs(300);
+    metrics
+        .patch(
+            &first,
+            &PatchParams::apply("test-metrics-server").force(),
+            &Patch::Apply(pod_metrics(five_minutes_ago, "1024000Ki")),
+        )
+        .await
+        .expect("an old PodMetrics entry");
+    let status = h
+        .wait_for_status("topped", "a stale PodMetrics reading reported", |s| {
+            condition(s, "Degraded").is_some_and(|c| {
+                c.reason == "MetricsUnavailable" && c.message.contains("metrics-server")
+            })
+        })
+        .await;
+    assert_eq!(
+        status.restarts.total, 0,
+        "a stale reading is never acted on: {:?}",
+        status.restarts
+    );
+
+    metrics
+        .patch(
+            &first,
+            &PatchParams::apply("test-metrics-server").force(),
+            &Patch::Apply(pod_metrics(Timestamp::now(), "1024000Ki")),
+        )
+        .await
+        .expect("a fresh PodMetrics entry");
+    let status = h
+        .wait_for_status("topped", "a memory-hard restart from PodMetrics", |s| {
+            s.restarts.memory_hard == 1
+        })
+        .await;
+    let last = status.last_restart.expect("last restart");
+    assert_eq!(
+        (last.worker.as_str(), last.reason.as_str()),
+        (first.as_str(), "memory-hard")
+    );
+    assert_eq!(last.memory_bytes, Some(1_024_000 * 1024));
     h.finish().await;
 }

@@ -159,6 +159,14 @@ async fn invalid_jobs_are_rejected_with_a_message_a_person_understands() {
     cases.push((spec, "memory.hard in percent must be between 1% and 100%"));
 
     let mut spec = example_spec();
+    spec.memory.source = migrate_crds::MemorySource::PodMetrics;
+    spec.memory.stale_after_seconds = 10;
+    cases.push((
+        spec,
+        "memory.staleAfterSeconds must be at least 30 with memory.source PodMetrics",
+    ));
+
+    let mut spec = example_spec();
     spec.source.queries[1].sql = "   ".to_owned();
     cases.push((spec, "sql must not be empty"));
 

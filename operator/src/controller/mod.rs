@@ -68,7 +68,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use migrate_crds::{LastRestart, MigrateJob, Phase};
+use migrate_crds::{LastRestart, MemorySource, MigrateJob, Phase};
 use tokio::sync::watch;
 use tracing::{Instrument as _, debug, error, info, info_span, instrument, warn};
 
@@ -609,14 +609,17 @@ fn scale_reason(settings: &policy::Settings, backlog: Option<policy::Backlog>) -
     }
 }
 
-/// Scrapes every ready pod with an IP; unreachable pods keep their previous reading.
+/// Scrapes every ready pod with an IP; unreachable pods keep their previous reading. With
+/// `memory.source: PodMetrics` the memory usage and its age then come from the
+/// `metrics.k8s.io` API instead; returns why that API could not be read, if it could not.
 async fn scrape_pods(
     ctx: &Context,
+    job: &MigrateJob,
     pods: &[Pod],
-    port: u16,
     timeout: Duration,
     mem: &mut JobMemory,
-) {
+) -> Option<String> {
+    let port = job.spec.workers.metrics_port;
     let targets: Vec<(String, String)> = pods
         .iter()
         .filter(|p| observe::exit_status(p).is_none() && observe::is_ready(p))
@@ -647,14 +650,58 @@ async fn scrape_pods(
             }
         }
     }
+    let mut pod_metrics_error = None;
+    if job.spec.memory.source == MemorySource::PodMetrics {
+        let live: BTreeSet<String> = pods
+            .iter()
+            .filter(|p| observe::exit_status(p).is_none())
+            .map(ResourceExt::name_any)
+            .collect();
+        match observe::pod_metrics(
+            &ctx.client,
+            &job.namespace().unwrap_or_default(),
+            &job.name_any(),
+            build::CONTAINER,
+        )
+        .await
+        {
+            Ok(found) => {
+                let (wall, now) = (Timestamp::now(), Instant::now());
+                for (name, memory) in found.into_iter().filter(|(n, _)| live.contains(n)) {
+                    let age = Duration::try_from(wall.duration_since(memory.timestamp))
+                        .unwrap_or_default();
+                    let at = now.checked_sub(age).unwrap_or(now);
+                    let reading = mem.readings.entry(name).or_insert_with(|| Scraped {
+                        usage_bytes: 0,
+                        limit_bytes: None,
+                        tasks_done: 0,
+                        in_flight: 0,
+                        retained: BTreeMap::new(),
+                        at,
+                    });
+                    reading.usage_bytes = memory.usage_bytes;
+                    reading.at = at;
+                }
+            }
+            Err(e) => {
+                debug!(error = %chain(&e), "PodMetrics unavailable; memory readings age.");
+                pod_metrics_error = Some(chain(&e));
+            }
+        }
+    }
     let present: BTreeSet<String> = pods.iter().map(ResourceExt::name_any).collect();
     mem.readings.retain(|name, _| present.contains(name));
     mem.first_retained.retain(|name, _| present.contains(name));
     for (name, reading) in &mem.readings {
+        if reading.retained.is_empty() {
+            // A PodMetrics-only reading: no per-stage figures to measure growth from yet.
+            continue;
+        }
         mem.first_retained
             .entry(name.clone())
             .or_insert_with(|| retained_sample(reading));
     }
+    pod_metrics_error
 }
 
 fn retained_sample(reading: &Scraped) -> RetainedSample {
@@ -777,14 +824,8 @@ async fn reconcile_job(
         Err(e) => problems.push(redis_problem(job, &e)),
     }
     let check_interval = Duration::from_millis(u64::from(job.spec.memory.check_interval_ms));
-    scrape_pods(
-        ctx,
-        &pods,
-        job.spec.workers.metrics_port,
-        check_interval.min(MAX_SCRAPE_TIMEOUT),
-        mem,
-    )
-    .await;
+    let pod_metrics_error =
+        scrape_pods(ctx, job, &pods, check_interval.min(MAX_SCRAPE_TIMEOUT), mem).await;
 
     // Pods deleted by someone else (eviction API, node drain, kubectl): counted once as evicted.
     for pod in &mut pods {
@@ -1075,13 +1116,30 @@ async fn reconcile_job(
         }
     }
     let stale: Vec<String> = stale.into_iter().filter(|w| !deleted.contains(w)).collect();
-    if !stale.is_empty() {
+    if !stale.is_empty() || pod_metrics_error.is_some() {
+        let from = match job.spec.memory.source {
+            MemorySource::Worker => format!(
+                "check that the pods are ready and answer /metrics on port {}",
+                job.spec.workers.metrics_port
+            ),
+            MemorySource::PodMetrics => format!(
+                "memory.source is PodMetrics: check that metrics-server runs (kubectl top pod -n {}) and refreshes more often than memory.staleAfterSeconds{}",
+                job.namespace().unwrap_or_default(),
+                pod_metrics_error
+                    .as_ref()
+                    .map(|e| format!("; {e}"))
+                    .unwrap_or_default()
+            ),
+        };
+        let who = if stale.is_empty() {
+            "the workers".to_owned()
+        } else {
+            stale.join(", ")
+        };
         problems.push(Problem::new(
             "MetricsUnavailable",
             format!(
-                "no fresh memory reading from {} for memory.staleAfterSeconds: check that the pods are ready and answer /metrics on port {}; memory supervision waits for them",
-                stale.join(", "),
-                job.spec.workers.metrics_port
+                "no fresh memory reading from {who} for memory.staleAfterSeconds: {from}; memory supervision waits for them"
             ),
         ));
     }

@@ -65,6 +65,11 @@ pub enum ObserveError {
         #[source]
         source: kube::Error,
     },
+    /// The `metrics.k8s.io` API could not be listed.
+    #[error(
+        "cannot list PodMetrics (metrics.k8s.io/v1beta1): is metrics-server installed (kubectl top pod)?"
+    )]
+    PodMetrics(#[source] kube::Error),
     /// The URL is not a Redis URL.
     #[error("the Redis URL in the secret does not parse")]
     RedisUrl(#[source] redis::RedisError),
@@ -124,6 +129,7 @@ impl ObserveError {
             | Self::Redis { .. }
             | Self::Timeout(_) => "RedisUnreachable",
             Self::Scrape { .. } => "MetricsUnreachable",
+            Self::PodMetrics(_) => "MetricsUnavailable",
         }
     }
 }
@@ -354,6 +360,76 @@ pub async fn secret_versions(
         versions.insert(name.clone(), version);
     }
     Ok(versions)
+}
+
+/// The `metrics.k8s.io` resource metrics-server serves for pods (`kubectl top pod` reads it).
+#[must_use]
+pub fn pod_metrics_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "metrics.k8s.io".to_owned(),
+        version: "v1beta1".to_owned(),
+        api_version: "metrics.k8s.io/v1beta1".to_owned(),
+        kind: "PodMetrics".to_owned(),
+        plural: "pods".to_owned(),
+    }
+}
+
+/// One pod's memory as the `metrics.k8s.io` API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodMemory {
+    /// The worker container's working set, in bytes.
+    pub usage_bytes: u64,
+    /// When the usage was measured (the end of its window).
+    pub timestamp: Timestamp,
+}
+
+/// Lists the job's pods' metrics from the `metrics.k8s.io` API (by the job's label), keyed by
+/// pod name. A pod whose entry lacks the container, a parsable memory usage or a timestamp is
+/// left out: it has no reading, and ages into a stale one.
+///
+/// # Errors
+/// [`ObserveError::PodMetrics`] when the API cannot be listed (not served: no
+/// metrics-server; or forbidden).
+pub async fn pod_metrics(
+    client: &Client,
+    namespace: &str,
+    job: &str,
+    container: &str,
+) -> Result<HashMap<String, PodMemory>, ObserveError> {
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &pod_metrics_resource());
+    let selector = format!("{}={job}", super::build::JOB_LABEL);
+    let list = api
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(ObserveError::PodMetrics)?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|item| {
+            let name = item.metadata.name.clone()?;
+            parse_pod_memory(&item.data, container).map(|m| (name, m))
+        })
+        .collect())
+}
+
+/// Reads one `PodMetrics` object's body: `timestamp` and the named container's
+/// `usage.memory` (a Kubernetes quantity such as `123456Ki`).
+#[must_use]
+pub fn parse_pod_memory(data: &serde_json::Value, container: &str) -> Option<PodMemory> {
+    let timestamp = data.get("timestamp")?.as_str()?.parse::<Timestamp>().ok()?;
+    let usage = data
+        .get("containers")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("name").and_then(serde_json::Value::as_str) == Some(container))?
+        .get("usage")?
+        .get("memory")?
+        .as_str()?;
+    Some(PodMemory {
+        usage_bytes: migrate_crds::memory::parse_quantity_bytes(usage)?,
+        timestamp,
+    })
 }
 
 /// One reading of a worker's `/metrics`.
@@ -588,6 +664,30 @@ mod tests {
 
     fn pod(value: serde_json::Value) -> Pod {
         serde_json::from_value(value).unwrap()
+    }
+
+    /// A PodMetrics body as metrics-server writes it: the named container's working set and the
+    /// window's end; anything missing or unparsable is no reading.
+    #[test]
+    fn pod_metrics_bodies_give_the_worker_container_usage_and_time() {
+        let body = json!({
+            "timestamp": "2026-11-27T04:00:00Z",
+            "window": "15s",
+            "containers": [
+                {"name": "sidecar", "usage": {"cpu": "1m", "memory": "1Mi"}},
+                {"name": "worker", "usage": {"cpu": "250m", "memory": "204800Ki"}}
+            ]
+        });
+        let m = parse_pod_memory(&body, "worker").unwrap();
+        assert_eq!(m.usage_bytes, 204_800 * 1024);
+        assert_eq!(m.timestamp.to_string(), "2026-11-27T04:00:00Z");
+        assert_eq!(parse_pod_memory(&body, "other"), None);
+        let mut no_time = body.clone();
+        no_time["timestamp"] = json!("yesterday");
+        assert_eq!(parse_pod_memory(&no_time, "worker"), None);
+        let mut bad_memory = body;
+        bad_memory["containers"][1]["usage"]["memory"] = json!("lots");
+        assert_eq!(parse_pod_memory(&bad_memory, "worker"), None);
     }
 
     #[test]

@@ -332,6 +332,58 @@ pub async fn install_crd(client: &Client) {
     }
 }
 
+/// The testbed has no kubelet, so no metrics-server: this serves its API's URLs instead, as a
+/// CustomResourceDefinition of the same group, version, kind and plural
+/// (`/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods`), whose objects tests write as
+/// metrics-server would. The group is a protected one, hence the "unapproved" annotation the
+/// API server asks of such CRDs. Idempotent.
+pub async fn install_pod_metrics_api(client: &Client) {
+    let crd: CustomResourceDefinition = object(serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {
+                "name": "pods.metrics.k8s.io",
+                "annotations": {
+                    "api-approved.kubernetes.io": "unapproved, a test stand-in for metrics-server"
+                }
+            },
+            "spec": {
+                "group": "metrics.k8s.io",
+                "scope": "Namespaced",
+                "names": {"plural": "pods", "singular": "podmetrics", "kind": "PodMetrics", "listKind": "PodMetricsList"},
+                "versions": [{
+                    "name": "v1beta1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": true
+                    }}
+                }]
+            }
+    }));
+    let name = "pods.metrics.k8s.io";
+    let api_crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    or_fail(
+        api_crds
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .map_err(api("applying the PodMetrics stand-in".to_owned())),
+    );
+    match tokio::time::timeout(
+        DEADLINE,
+        await_condition(api_crds, name, conditions::is_crd_established()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => fail(format!("watching CRD {name}: {e}")),
+        Err(_) => fail(format!("CRD {name} not established within {DEADLINE:?}")),
+    }
+}
+
 /// The operator's least-privilege role, `deploy/rbac/role.yaml`.
 #[must_use]
 pub fn shipped_role() -> ClusterRole {
