@@ -443,8 +443,9 @@ async fn default_values_render_a_cluster_wide_operator_with_leader_election() {
 }
 
 /// Every option set: one watched namespace (a Role there with exactly the shipped rules, and a
-/// Lease-only Role in the release namespace), ServiceMonitor, NetworkPolicy, pinned digest,
-/// and the Grafana ConfigMap holding every file of dashboards/ (none while the folder is empty).
+/// Lease-only Role in the release namespace), ServiceMonitor, the workers' PodMonitor,
+/// NetworkPolicy, pinned digest, and the Grafana ConfigMap holding every file of dashboards/
+/// (none while the folder is empty).
 #[tokio::test]
 async fn every_option_renders_namespaced_rbac_and_the_optional_objects() {
     let helm = Helm::new();
@@ -493,6 +494,27 @@ async fn every_option_renders_namespaced_rbac_and_the_optional_objects() {
         only(&docs, "ServiceMonitor")["spec"]["endpoints"][0]["interval"],
         "15s"
     );
+    // The workers' PodMonitor selects exactly the labels the operator gives worker pods, in
+    // the watched namespace, on the container port it names.
+    let pod_monitor = only(&docs, "PodMonitor");
+    let worker_labels = migrate_operator::controller::build::labels("any");
+    for (key, value) in pod_monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            worker_labels.get(key).map(String::as_str),
+            value.as_str(),
+            "worker pods carry {key}"
+        );
+    }
+    assert_eq!(
+        pod_monitor["spec"]["namespaceSelector"]["matchNames"][0],
+        "migrate-jobs"
+    );
+    let endpoint = &pod_monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(endpoint["interval"], "10s");
     assert_eq!(
         only(&docs, "NetworkPolicy")["spec"]["policyTypes"][1],
         "Egress"
@@ -529,7 +551,7 @@ async fn every_option_renders_namespaced_rbac_and_the_optional_objects() {
 }
 
 /// What the chart renders (CRD included) is accepted by the real API server with strict field
-/// validation; only kinds the testbed does not serve (the ServiceMonitor CRD) are left out.
+/// validation; only kinds the testbed does not serve (the Prometheus Operator CRDs) are left out.
 #[tokio::test]
 async fn rendered_manifests_pass_a_server_side_dry_run() {
     let helm = Helm::new();
@@ -583,9 +605,10 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
         failures.join("\n")
     );
     assert!(
-        not_served
-            .iter()
-            .all(|d| d.starts_with("monitoring.coreos.com/v1 ServiceMonitor/")),
+        not_served.iter().all(
+            |d| d.starts_with("monitoring.coreos.com/v1 ServiceMonitor/")
+                || d.starts_with("monitoring.coreos.com/v1 PodMonitor/")
+        ),
         "kinds the API server does not serve: {not_served:?}"
     );
     assert!(checked >= 20, "only {checked} manifests were checked");
