@@ -117,6 +117,38 @@ impl Harness {
         Api::namespaced(self.admin.clone(), &self.ns)
     }
 
+    /// Waits for `job`'s first memory-hard restart and checks it was `pod`'s, at `bytes`.
+    async fn wait_for_memory_hard_kill(&self, job: &str, pod: &str, bytes: i64) {
+        let status = self
+            .wait_for_status(job, "a memory-hard restart", |s| {
+                s.restarts.memory_hard == 1
+            })
+            .await;
+        let last = status.last_restart.expect("last restart");
+        assert_eq!(
+            (last.worker.as_str(), last.reason.as_str()),
+            (pod, "memory-hard")
+        );
+        assert_eq!(last.memory_bytes, Some(bytes));
+    }
+
+    /// Reports `pod` running and ready at 127.0.0.1, as a kubelet would (there is none).
+    async fn mark_ready(&self, pod: &str) {
+        self.pods()
+            .patch_status(
+                pod,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "phase": "Running",
+                    "podIP": "127.0.0.1",
+                    "podIPs": [{"ip": "127.0.0.1"}],
+                    "conditions": [{"type": "Ready", "status": "True"}]
+                }})),
+            )
+            .await
+            .expect("mark the pod ready");
+    }
+
     async fn create_job(&self, name: &str, spec: MigrateJobSpec) -> MigrateJob {
         k8s::create_job(&self.admin, &self.ns, name, spec).await
     }
@@ -759,31 +791,10 @@ async fn a_worker_above_its_hard_memory_limit_is_killed_and_replaced() {
         .next()
         .expect("one pod");
     // No kubelet: report the pod running and ready at the stand-in's address.
-    h.pods()
-        .patch_status(
-            &first,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "phase": "Running",
-                "podIP": "127.0.0.1",
-                "podIPs": [{"ip": "127.0.0.1"}],
-                "conditions": [{"type": "Ready", "status": "True"}]
-            }})),
-        )
-        .await
-        .expect("mark the pod ready");
+    h.mark_ready(&first).await;
 
-    let status = h
-        .wait_for_status("hungry", "a memory-hard restart", |s| {
-            s.restarts.memory_hard == 1
-        })
+    h.wait_for_memory_hard_kill("hungry", &first, 1_048_576_000)
         .await;
-    let last = status.last_restart.expect("last restart");
-    assert_eq!(
-        (last.worker.as_str(), last.reason.as_str()),
-        (first.as_str(), "memory-hard")
-    );
-    assert_eq!(last.memory_bytes, Some(1_048_576_000));
     eventually(DEADLINE, "a replacement pod", || async {
         let names = h.pod_names("hungry").await;
         (names.len() == 1 && !names.contains(&first)).then_some(())
@@ -819,19 +830,7 @@ async fn pod_metrics_drive_memory_supervision_when_chosen() {
         .into_iter()
         .next()
         .expect("one pod");
-    h.pods()
-        .patch_status(
-            &first,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "phase": "Running",
-                "podIP": "127.0.0.1",
-                "podIPs": [{"ip": "127.0.0.1"}],
-                "conditions": [{"type": "Ready", "status": "True"}]
-            }})),
-        )
-        .await
-        .expect("mark the pod ready");
+    h.mark_ready(&first).await;
 
     let metrics: Api<DynamicObject> = Api::namespaced_with(
         h.admin.clone(),
@@ -885,16 +884,7 @@ async fn pod_metrics_drive_memory_supervision_when_chosen() {
         )
         .await
         .expect("a fresh PodMetrics entry");
-    let status = h
-        .wait_for_status("topped", "a memory-hard restart from PodMetrics", |s| {
-            s.restarts.memory_hard == 1
-        })
+    h.wait_for_memory_hard_kill("topped", &first, 1_024_000 * 1024)
         .await;
-    let last = status.last_restart.expect("last restart");
-    assert_eq!(
-        (last.worker.as_str(), last.reason.as_str()),
-        (first.as_str(), "memory-hard")
-    );
-    assert_eq!(last.memory_bytes, Some(1_024_000 * 1024));
     h.finish().await;
 }

@@ -308,17 +308,21 @@ fn repo_yaml<T: serde::de::DeserializeOwned>(relative: &str, kind: &'static str)
 /// up to [`DEADLINE`] until the API server serves it.
 pub async fn install_crd(client: &Client) {
     let crd: CustomResourceDefinition = repo_yaml(CRD_FILE, "CustomResourceDefinition");
+    apply_crd(client, &crd, MigrateJob::crd_name(), CRD_FILE).await;
+}
+
+/// Applies `crd` (server-side, forced) and waits until it is established.
+async fn apply_crd(client: &Client, crd: &CustomResourceDefinition, name: &str, what: &str) {
     let api_crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = MigrateJob::crd_name();
     or_fail(
         api_crds
             .patch(
                 name,
                 &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&crd),
+                &Patch::Apply(crd),
             )
             .await
-            .map_err(api(format!("applying {CRD_FILE}"))),
+            .map_err(api(format!("applying {what}"))),
     );
     match tokio::time::timeout(
         DEADLINE,
@@ -360,28 +364,13 @@ pub async fn install_pod_metrics_api(client: &Client) {
                 }]
             }
     }));
-    let name = "pods.metrics.k8s.io";
-    let api_crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    or_fail(
-        api_crds
-            .patch(
-                name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .map_err(api("applying the PodMetrics stand-in".to_owned())),
-    );
-    match tokio::time::timeout(
-        DEADLINE,
-        await_condition(api_crds, name, conditions::is_crd_established()),
+    apply_crd(
+        client,
+        &crd,
+        "pods.metrics.k8s.io",
+        "the PodMetrics stand-in",
     )
-    .await
-    {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => fail(format!("watching CRD {name}: {e}")),
-        Err(_) => fail(format!("CRD {name} not established within {DEADLINE:?}")),
-    }
+    .await;
 }
 
 /// The operator's least-privilege role, `deploy/rbac/role.yaml`.
