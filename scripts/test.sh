@@ -42,7 +42,7 @@ step "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked "$@" -- --color never 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast "$@" -- --color never 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 disk

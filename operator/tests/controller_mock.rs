@@ -239,6 +239,27 @@ async fn expect_pods_and_secret(handle: &mut Handle, pods: Vec<Value>) {
         ok(secret()),
     )
     .await;
+    expect_secret_versions(handle).await;
+}
+
+/// The metadata of every Secret the workers read, by name, for the template hash (the bodies
+/// are empty: no value is asked for).
+async fn expect_secret_versions(handle: &mut Handle) {
+    for name in ["migrate-mysql", "migrate-redis", "migrate-search"] {
+        let body = answer(
+            handle,
+            call(
+                Method::GET,
+                format!("/api/v1/namespaces/etl/secrets/{name}"),
+            ),
+            ok(json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": name, "namespace": NS, "resourceVersion": "7"}
+            })),
+        )
+        .await;
+        assert_eq!(body, Value::Null, "a GET carries no body");
+    }
 }
 
 async fn expect_event(handle: &mut Handle, reason: &str) -> Value {
@@ -527,6 +548,7 @@ async fn a_missing_redis_secret_is_a_degraded_condition_not_a_crash() {
             |_| not_found(),
         )
         .await;
+        expect_secret_versions(&mut h).await;
         let event = expect_event(&mut h, "RedisSecretMissing").await;
         assert_eq!(event["type"], json!("Warning"));
         let status = expect_status(&mut h, &j2).await;
