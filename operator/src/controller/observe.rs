@@ -462,11 +462,17 @@ pub fn parse_scrape(text: &str, at: Instant) -> Scraped {
     let values = parse_text(text);
     let rss = gauge(&values, "migrate_process_resident_memory_bytes").unwrap_or(0);
     let limit = gauge(&values, "migrate_cgroup_memory_limit_bytes").filter(|l| *l > 0);
-    // A container's own cgroup is never charged more than its limit (the kernel reclaims or
-    // OOM-kills first): a larger figure is a cgroup shared with other processes (a worker
-    // outside a pod cgroup of its own), not this worker's memory, and is ignored.
-    let cgroup = gauge(&values, "migrate_cgroup_memory_bytes")
-        .filter(|c| limit.is_none_or(|l| *c <= l))
+    // The cgroup's working set, as the worker compares it (and as the kubelet and the OOM
+    // killer see it: reclaimable page cache is left out); `memory.current` from a worker that
+    // does not export the working set. A container's own cgroup is never charged more than
+    // its limit (the kernel reclaims or OOM-kills first): a larger `memory.current` is a
+    // cgroup shared with other processes (a worker outside a pod cgroup of its own), not this
+    // worker's memory, and neither figure of it is used.
+    let current = gauge(&values, "migrate_cgroup_memory_bytes");
+    let shared = current.is_some_and(|c| limit.is_some_and(|l| c > l));
+    let cgroup = gauge(&values, "migrate_cgroup_memory_working_set_bytes")
+        .or(current)
+        .filter(|c| !shared && limit.is_none_or(|l| *c <= l))
         .unwrap_or(0);
     let tasks_done = gauge(&values, "migrate_tasks_done").unwrap_or_else(|| {
         values
@@ -751,11 +757,35 @@ mod tests {
         assert_eq!(s.retained.get("enrich"), Some(&77));
     }
 
+    /// The working set, when the worker exports it, is the cgroup figure compared: page cache
+    /// the kernel would reclaim does not make a worker restart.
+    #[test]
+    fn the_cgroup_working_set_is_compared_rather_than_memory_current() {
+        let text = "migrate_process_resident_memory_bytes 100\n\
+            migrate_cgroup_memory_bytes 900\n\
+            migrate_cgroup_memory_working_set_bytes 300\n\
+            migrate_cgroup_memory_limit_bytes 1000\n";
+        assert_eq!(parse_scrape(text, Instant::now()).usage_bytes, 300);
+        let rss_larger = "migrate_process_resident_memory_bytes 400\n\
+            migrate_cgroup_memory_bytes 900\n\
+            migrate_cgroup_memory_working_set_bytes 300\n";
+        assert_eq!(parse_scrape(rss_larger, Instant::now()).usage_bytes, 400);
+    }
+
     #[test]
     fn a_cgroup_charge_above_the_workers_limit_is_a_shared_cgroup_and_ignored() {
         let text = "migrate_process_resident_memory_bytes 100\n\
             migrate_cgroup_memory_bytes 4000000000\n\
             migrate_cgroup_memory_limit_bytes 1000\n";
         assert_eq!(parse_scrape(text, Instant::now()).usage_bytes, 100);
+        // Its working set may be below the limit (mostly page cache): still not this worker's.
+        let with_working_set = "migrate_process_resident_memory_bytes 100\n\
+            migrate_cgroup_memory_bytes 4000000000\n\
+            migrate_cgroup_memory_working_set_bytes 500\n\
+            migrate_cgroup_memory_limit_bytes 1000\n";
+        assert_eq!(
+            parse_scrape(with_working_set, Instant::now()).usage_bytes,
+            100
+        );
     }
 }

@@ -153,6 +153,9 @@ pub struct MemoryState {
     pub rss: u64,
     /// `memory.current` of this process's cgroup, when there is one.
     pub cgroup_current: Option<u64>,
+    /// That cgroup's working set (`memory.current` minus the inactive page cache), when there
+    /// is one: what the kubelet and the OOM killer see.
+    pub cgroup_working_set: Option<u64>,
     /// The number compared with the thresholds (see the module documentation).
     pub usage: u64,
     /// The memory limit the thresholds refer to.
@@ -182,6 +185,7 @@ pub fn assess(rss: u64, cgroup: Option<&CgroupMemory>, limits: &MemoryLimits) ->
     MemoryState {
         rss,
         cgroup_current: cgroup.map(|c| c.current),
+        cgroup_working_set: cgroup.map(CgroupMemory::working_set),
         usage,
         limit: limits.limit,
         soft: limits.soft,
@@ -399,6 +403,7 @@ mod tests {
             MemoryState {
                 rss: 100,
                 cgroup_current: Some(990),
+                cgroup_working_set: Some(890),
                 usage: 890,
                 limit: Some(1000),
                 soft: Some(800),
