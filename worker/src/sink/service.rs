@@ -62,7 +62,7 @@ pub struct Sink {
     available: Arc<AtomicBool>,
 }
 
-/// The answer to one bulk attempt.
+/// The answer to one bulk attempt that reached a server willing to take it.
 enum Answer {
     /// A 2xx with a JSON body: classify item by item.
     Items(serde_json::Value),
@@ -70,13 +70,15 @@ enum Answer {
     Retry(String),
     /// The request as a whole was refused; do not retry now.
     Fail(String),
-    /// The server is not there or refuses the job's settings: wait for it, using up no retry.
-    Unavailable {
-        /// What happened, for the task's reason if the wait ends unsent.
-        reason: String,
-        /// The settings are wrong (401, 403, 404), rather than the server down.
-        settings: bool,
-    },
+}
+
+/// A bulk attempt that found the server not there or refusing the job's settings: wait for
+/// it, using up no retry.
+struct Unavailable {
+    /// What happened, for the task's reason if the wait ends unsent.
+    reason: String,
+    /// The settings are wrong (401, 403, 404), rather than the server down.
+    settings: bool,
 }
 
 impl Sink {
@@ -251,24 +253,26 @@ impl Sink {
         while !pending.is_empty() {
             let body = batch.body_of(&pending);
             let bytes = body.len();
-            let answer = self.post(body).await;
-            if let Answer::Unavailable { reason, settings } = answer {
-                if waits == 0 {
-                    self.note_unavailable(&reason, settings, pending.len());
-                }
-                let delay = self.backoff.delay(waits.min(16), &mut rand::rng());
-                waits += 1;
-                if sleep_or_cancel(delay, stop).await {
-                    warn!(index = %self.index, docs = pending.len(), %reason, "Stopping while the search server is unavailable; the documents stay unsent and their tasks stay queued.");
-                    for &i in &pending {
-                        results[i] = ItemResult::Unsent {
-                            reason: reason.clone(),
-                        };
+            let answer = match self.post(body).await {
+                Ok(answer) => answer,
+                Err(Unavailable { reason, settings }) => {
+                    if waits == 0 {
+                        self.note_unavailable(&reason, settings, pending.len());
                     }
-                    pending.clear();
+                    let delay = self.backoff.delay(waits.min(16), &mut rand::rng());
+                    waits += 1;
+                    if sleep_or_cancel(delay, stop).await {
+                        warn!(index = %self.index, docs = pending.len(), %reason, "Stopping while the search server is unavailable; the documents stay unsent and their tasks stay queued.");
+                        for &i in &pending {
+                            results[i] = ItemResult::Unsent {
+                                reason: reason.clone(),
+                            };
+                        }
+                        pending.clear();
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             if waits > 0 || !self.is_available() {
                 self.available.store(true, Ordering::Relaxed);
                 info!(index = %self.index, url = %self.url, rounds = waits, "Search server answers again; sending the waiting documents.");
@@ -276,7 +280,6 @@ impl Sink {
             }
             attempts += 1;
             match answer {
-                Answer::Unavailable { .. } => {}
                 Answer::Items(response) => {
                     let ids: Vec<String> =
                         pending.iter().map(|&i| batch.ids()[i].doc_id()).collect();
@@ -364,8 +367,8 @@ impl Sink {
         }
     }
 
-    /// One POST of a bulk body, read into an [`Answer`].
-    async fn post(&self, body: Bytes) -> Answer {
+    /// One POST of a bulk body, read into an [`Answer`], or [`Unavailable`].
+    async fn post(&self, body: Bytes) -> Result<Answer, Unavailable> {
         let sent = self
             .client
             .send(
@@ -387,12 +390,12 @@ impl Sink {
                 );
                 // Never connected: the server is down or elsewhere, not hurt by this body.
                 return if is_connect_error(&e) {
-                    Answer::Unavailable {
+                    Err(Unavailable {
                         reason,
                         settings: false,
-                    }
+                    })
                 } else {
-                    Answer::Retry(reason)
+                    Ok(Answer::Retry(reason))
                 };
             }
         };
@@ -400,34 +403,34 @@ impl Sink {
         let text = match response.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                return Answer::Retry(format!(
+                return Ok(Answer::Retry(format!(
                     "reading the bulk response (HTTP {status}) failed: {}",
                     chain(&e)
-                ));
+                )));
             }
         };
         if !(200..=299).contains(&status) {
             let reason = format!("bulk request answered HTTP {status}: {}", quote(&text));
             return match retry::classify_request_status(status) {
-                RequestClass::Unavailable => Answer::Unavailable {
+                RequestClass::Unavailable => Err(Unavailable {
                     reason,
                     settings: false,
-                },
-                RequestClass::Settings => Answer::Unavailable {
+                }),
+                RequestClass::Settings => Err(Unavailable {
                     reason,
                     settings: true,
-                },
-                RequestClass::Retry => Answer::Retry(reason),
-                RequestClass::Fail => Answer::Fail(reason),
+                }),
+                RequestClass::Retry => Ok(Answer::Retry(reason)),
+                RequestClass::Fail => Ok(Answer::Fail(reason)),
             };
         }
-        match serde_json::from_slice(&text) {
+        Ok(match serde_json::from_slice(&text) {
             Ok(v) => Answer::Items(v),
             Err(e) => Answer::Retry(format!(
                 "bulk response (HTTP {status}) is not JSON: {e}: {}",
                 quote(&text)
             )),
-        }
+        })
     }
 }
 
