@@ -849,18 +849,23 @@ mod tests {
         assert!(pool_closed.is_transient());
     }
 
-    #[test]
-    fn a_bad_url_is_a_configuration_error() {
-        let spec = SourceSpec {
+    /// A source of one main query and a pool of `pool_max` connections.
+    fn one_query_spec(pool_max: u32) -> SourceSpec {
+        SourceSpec {
             url_secret_ref: migrate_crds::SecretKeyRef {
                 name: "s".into(),
                 key: "k".into(),
             },
             queries: vec![query("a", true, QueryShape::One, None)],
             on_missing_row: migrate_crds::MissingRowPolicy::Skip,
-            pool_max: 4,
+            pool_max,
             query_timeout_seconds: 5,
-        };
+        }
+    }
+
+    #[test]
+    fn a_bad_url_is_a_configuration_error() {
+        let spec = one_query_spec(4);
         let error = Source::new(&spec, "postgres://nope").unwrap_err();
         assert!(matches!(error, SourceError::Url { .. }));
         assert!(!error.is_transient());
@@ -870,16 +875,7 @@ mod tests {
     /// connect and which setting to change, and never sees the password.
     #[tokio::test]
     async fn an_unreachable_server_is_named_with_the_setting_to_change() {
-        let spec = SourceSpec {
-            url_secret_ref: migrate_crds::SecretKeyRef {
-                name: "s".into(),
-                key: "k".into(),
-            },
-            queries: vec![query("a", true, QueryShape::One, None)],
-            on_missing_row: migrate_crds::MissingRowPolicy::Skip,
-            pool_max: 1,
-            query_timeout_seconds: 5,
-        };
+        let spec = one_query_spec(1);
         // Port 1 on loopback: nothing listens there.
         let source = Source::new(&spec, "mysql://migrate:hunter2@127.0.0.1:1/db").unwrap();
         let error = source
