@@ -510,7 +510,7 @@ async fn cleanup(
 
     let regarding = job.object_ref(&());
     match observe::redis_url(&ctx.client, &namespace, &job.spec.queue.url_secret_ref).await {
-        Ok(url) => {
+        Ok(observe::RedisSecret { url, .. }) => {
             let queue = job.spec.queue.key.as_str();
             // Pods that vanished before this round are found in `{q}:workers`.
             match ctx.queues.view(&url, queue, &[]).await {
@@ -813,8 +813,11 @@ async fn reconcile_job(
     let mut problems: Vec<Problem> = Vec::new();
     let mut url = None;
     let mut view: Option<QueueView> = None;
+    // Secret versions read this round, for the template hash.
+    let mut known_versions = build::SecretVersions::new();
     match observe::redis_url(&ctx.client, &namespace, &job.spec.queue.url_secret_ref).await {
-        Ok(u) => {
+        Ok(observe::RedisSecret { url: u, version }) => {
+            known_versions.insert(job.spec.queue.url_secret_ref.name.clone(), version);
             match ctx.queues.view(&u, &job.spec.queue.key, &names).await {
                 Ok(v) => view = Some(v),
                 Err(e) => problems.push(redis_problem(job, &e)),
@@ -900,6 +903,7 @@ async fn reconcile_job(
         &ctx.client,
         &namespace,
         &build::referenced_secrets(&job.spec),
+        known_versions,
     )
     .await;
     if let Err(e) = &secrets {

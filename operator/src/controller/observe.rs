@@ -293,6 +293,15 @@ impl QueueBackend for RedisQueues {
     }
 }
 
+/// The Redis URL, and the resource version of the Secret it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSecret {
+    /// The URL under the key the spec names.
+    pub url: String,
+    /// The Secret's resource version (a change of it rolls the workers).
+    pub version: String,
+}
+
 /// Reads the Redis URL from the Secret key the spec names.
 ///
 /// # Errors
@@ -302,7 +311,7 @@ pub async fn redis_url(
     client: &Client,
     namespace: &str,
     secret: &SecretKeyRef,
-) -> Result<String, ObserveError> {
+) -> Result<RedisSecret, ObserveError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let found = api
         .get_opt(&secret.name)
@@ -318,7 +327,7 @@ pub async fn redis_url(
             name: secret.name.clone(),
         });
     };
-    found
+    let url = found
         .data
         .as_ref()
         .and_then(|d| d.get(&secret.key))
@@ -329,11 +338,16 @@ pub async fn redis_url(
             namespace: namespace.to_owned(),
             name: secret.name.clone(),
             key: secret.key.clone(),
-        })
+        })?;
+    Ok(RedisSecret {
+        url,
+        version: found.metadata.resource_version.unwrap_or_default(),
+    })
 }
 
 /// The resource version of each named Secret (empty for one that does not exist), read as
-/// metadata only: the operator never holds the MySQL or search credentials.
+/// metadata only: the operator never holds the MySQL or search credentials. Names already in
+/// `known` (read earlier this round) are not asked for again.
 ///
 /// # Errors
 /// [`ObserveError::SecretRead`] when one cannot be read (the caller then knows no versions,
@@ -342,10 +356,14 @@ pub async fn secret_versions(
     client: &Client,
     namespace: &str,
     names: &std::collections::BTreeSet<String>,
+    known: super::build::SecretVersions,
 ) -> Result<super::build::SecretVersions, ObserveError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut versions = super::build::SecretVersions::new();
+    let mut versions = known;
     for name in names {
+        if versions.contains_key(name) {
+            continue;
+        }
         let version = match api.get_metadata(name).await {
             Ok(meta) => meta.metadata.resource_version.unwrap_or_default(),
             Err(kube::Error::Api(status)) if status.code == 404 => String::new(),
