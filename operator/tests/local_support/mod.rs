@@ -57,24 +57,6 @@ pub fn worker_bin() -> PathBuf {
     bin
 }
 
-/// Creates `index` afresh with the default settings and dynamic mapping (the documents'
-/// shape keeps the mapping small).
-pub async fn create_index(es_url: &str, index: &str) {
-    search::delete_index(es_url, index).await;
-    let url = format!("{es_url}/{index}");
-    let response = reqwest::Client::new()
-        .put(&url)
-        .send()
-        .await
-        .expect("PUT the index");
-    let status = response.status();
-    assert!(
-        status.is_success(),
-        "PUT {url}: {status} {}",
-        response.text().await.unwrap_or_default()
-    );
-}
-
 /// A fresh job on the testbed: its own database, data set, keyword files, queue and index.
 pub struct Scenario {
     /// Testbed addresses.
@@ -115,7 +97,7 @@ impl Scenario {
         datagen::write_keyword_files(dir.path().join("keywords"), &data);
         let queue = unique_name(name);
         let index = unique_name(name);
-        create_index(&env.es_url, &index).await;
+        search::create_index(&env.es_url, &index, serde_json::json!({})).await;
         datagen::enqueue(&env.redis_url, &queue, &data.ids).await;
         let mut spec = datagen::pipeline_spec(&queue, &index, &env.nlp_url);
         spec.mode = Mode::Drain;

@@ -1,5 +1,5 @@
-//! Small helpers over the Elasticsearch/OpenSearch REST API for tests: refresh, count, every
-//! id of an index (scroll), one document, delete. Work against OpenSearch, osmem and noida.
+//! Small helpers over the Elasticsearch/OpenSearch REST API for tests: create, refresh, count,
+//! every id of an index (scroll), one document, delete. Work against OpenSearch, osmem and noida.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -253,6 +253,40 @@ pub async fn get_source(es_url: &str, index: &str, id: &str) -> Option<Value> {
         return None;
     }
     body.get("_source").cloned()
+}
+
+/// Creates `index` afresh: deletes any index of that name, then creates it with `body`
+/// (settings and mappings; `{}` for the server's defaults and dynamic mapping).
+///
+/// # Panics
+/// When a request fails.
+pub async fn create_index(es_url: &str, index: &str, body: Value) {
+    delete_index(es_url, index).await;
+    or_fail(send("PUT", format!("{}/{index}", base(es_url)), Some(body), &[]).await);
+}
+
+/// The index body the pipeline tests and the pipeline benchmark load into: set up for a fast
+/// bulk load (one shard, no replica, no periodic refresh: readers refresh first), the long
+/// texts stored and not indexed (to spare a 2-core testbed the analysis), `extra` mapped
+/// properties, and everything else, `keywords` included, mapped dynamically.
+#[must_use]
+pub fn bulk_load_index(extra: &Value) -> Value {
+    let mut properties = json!({
+        "body": { "type": "text", "index": false },
+        "summary": { "type": "text", "index": false },
+    });
+    if let (Some(p), Some(e)) = (properties.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    json!({
+        "settings": {
+            "number_of_shards": 1,
+            "number_of_replicas": 0,
+            "refresh_interval": "-1",
+            "translog.durability": "async",
+        },
+        "mappings": { "properties": properties },
+    })
 }
 
 /// Deletes `index`; a missing index is not an error.

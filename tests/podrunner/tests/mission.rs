@@ -185,21 +185,6 @@ async fn remove_namespace(admin: &Client, ns: &str) {
     k8s::remove_namespace(admin, ns).await;
 }
 
-async fn create_index(es_url: &str, index: &str) {
-    search::delete_index(es_url, index).await;
-    // `keywords.<set>` holds one field per keyword hit: stored, not mapped (as a real index
-    // template would), so the index stays within its field limit.
-    let body =
-        json!({"mappings": {"properties": {"keywords": {"type": "object", "dynamic": false}}}});
-    let response = reqwest::Client::new()
-        .put(format!("{es_url}/{index}"))
-        .json(&body)
-        .send()
-        .await
-        .expect("PUT the index");
-    assert!(response.status().is_success(), "{}", response.status());
-}
-
 fn spec(queue: &str, index: &str, nlp_url: &str) -> MigrateJobSpec {
     let mut spec = datagen::pipeline_spec(queue, index, nlp_url);
     spec.mode = Mode::Drain;
@@ -327,7 +312,7 @@ impl World {
         .await;
         let keyword_dir = dir.path().join("keywords");
         datagen::write_keyword_files(&keyword_dir, &data);
-        create_index(&env.es_url, &index).await;
+        search::create_index(&env.es_url, &index, json!({})).await;
         eprintln!(
             "prepared {articles} articles ({} blacklisted) in {:.1}s",
             data.blacklisted_ids.len(),

@@ -238,41 +238,15 @@ impl Job {
         job
     }
 
-    /// Creates the index with `extra` mapped properties, set up for a fast bulk load (one
-    /// shard, no replica, no periodic refresh: the helpers refresh before reading). Everything
-    /// else, `keywords` included, is mapped dynamically. The long texts are stored, not
-    /// indexed, to spare the 2-core testbed the analysis.
+    /// Creates the index for a fast bulk load with `extra` mapped properties
+    /// ([`search::bulk_load_index`]).
     pub async fn create_index(&self, extra: serde_json::Value) {
-        let mut properties = serde_json::json!({
-            "body": { "type": "text", "index": false },
-            "summary": { "type": "text", "index": false },
-        });
-        if let (Some(p), Some(e)) = (properties.as_object_mut(), extra.as_object()) {
-            p.extend(e.clone());
-        }
-        search::delete_index(&self.env.es_url, &self.index).await;
-        let url = format!("{}/{}", self.env.es_url, self.index);
-        let body = serde_json::json!({
-            "settings": {
-                "number_of_shards": 1,
-                "number_of_replicas": 0,
-                "refresh_interval": "-1",
-                "translog.durability": "async",
-            },
-            "mappings": { "properties": properties },
-        });
-        let response = reqwest::Client::new()
-            .put(&url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        assert!(
-            status.is_success(),
-            "PUT {url}: {status} {}",
-            response.text().await.unwrap_or_default()
-        );
+        search::create_index(
+            &self.env.es_url,
+            &self.index,
+            search::bulk_load_index(&extra),
+        )
+        .await;
     }
 
     /// The oracle for the data as it is now in the database.

@@ -84,26 +84,6 @@ fn set_memory_limit(
     serde_json::from_value(value)
 }
 
-/// Creates the index with the default settings and dynamic mapping (the documents' shape
-/// keeps the mapping small: `keywords.<set>` is an array of `{keyword, count}`).
-async fn create_index(es_url: &str, index: &str) -> Result<(), String> {
-    let url = format!("{es_url}/{index}");
-    let response = reqwest::Client::new()
-        .put(&url)
-        .send()
-        .await
-        .map_err(|e| format!("PUT {url} failed: {e}"))?;
-    let status = response.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "PUT {url} answered {status}: {}",
-            response.text().await.unwrap_or_default()
-        ))
-    }
-}
-
 async fn reset_redis(redis_url: &str, queue: &str) -> Result<u64, redis::RedisError> {
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -168,8 +148,9 @@ async fn prepare(o: &Options) -> Result<(), String> {
     let keywords_dir = dir.join("keywords");
     datagen::write_keyword_files(&keywords_dir, &data);
 
-    search::delete_index(&env.es_url, &o.index).await;
-    create_index(&env.es_url, &o.index).await?;
+    // The server's defaults and dynamic mapping: the documents' shape keeps the mapping small
+    // (`keywords.<set>` is an array of `{keyword, count}`).
+    search::create_index(&env.es_url, &o.index, serde_json::json!({})).await;
     let deleted = reset_redis(&env.redis_url, &o.queue).await.map_err(|e| {
         format!(
             "cannot reset the redis keys of {} at {}: {e}",

@@ -412,40 +412,6 @@ async fn delete_keys(conn: &mut redis::aio::MultiplexedConnection, queue: &str) 
     }
 }
 
-/// Creates the index as the pipeline tests do: one shard, no replica, no refresh while
-/// loading, the long texts stored and not analysed; the rest mapped dynamically.
-async fn create_index(es_url: &str, index: &str) -> Result<(), String> {
-    search::delete_index(es_url, index).await;
-    let url = format!("{es_url}/{index}");
-    let body = serde_json::json!({
-        "settings": {
-            "number_of_shards": 1,
-            "number_of_replicas": 0,
-            "refresh_interval": "-1",
-            "translog.durability": "async",
-        },
-        "mappings": { "properties": {
-            "body": { "type": "text", "index": false },
-            "summary": { "type": "text", "index": false },
-        } },
-    });
-    let response = reqwest::Client::new()
-        .put(&url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("PUT {url}: {e}"))?;
-    let status = response.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "PUT {url} answered {status}: {}",
-            response.text().await.unwrap_or_default()
-        ))
-    }
-}
-
 /// Title and body bytes of every article in the database.
 async fn text_bytes(db_url: &str) -> Result<u64, String> {
     let opts = mysql_async::Opts::from_url(db_url).map_err(|e| format!("{db_url}: {e}"))?;
@@ -515,7 +481,12 @@ async fn measure(
     let text_bytes = text_bytes(&db_url).await?;
     let keywords_dir = dir.join(format!("keywords-{n}"));
     datagen::write_keyword_files(&keywords_dir, &generated);
-    create_index(&env.es_url, index).await?;
+    search::create_index(
+        &env.es_url,
+        index,
+        search::bulk_load_index(&serde_json::json!({})),
+    )
+    .await;
     let mut conn = redis_conn(&env.redis_url).await?;
     delete_keys(&mut conn, queue).await;
     datagen::enqueue(&env.redis_url, queue, &generated.ids).await;
