@@ -650,45 +650,11 @@ async fn scrape_pods(
             }
         }
     }
-    let mut pod_metrics_error = None;
-    if job.spec.memory.source == MemorySource::PodMetrics {
-        let live: BTreeSet<String> = pods
-            .iter()
-            .filter(|p| observe::exit_status(p).is_none())
-            .map(ResourceExt::name_any)
-            .collect();
-        match observe::pod_metrics(
-            &ctx.client,
-            &job.namespace().unwrap_or_default(),
-            &job.name_any(),
-            build::CONTAINER,
-        )
-        .await
-        {
-            Ok(found) => {
-                let (wall, now) = (Timestamp::now(), Instant::now());
-                for (name, memory) in found.into_iter().filter(|(n, _)| live.contains(n)) {
-                    let age = Duration::try_from(wall.duration_since(memory.timestamp))
-                        .unwrap_or_default();
-                    let at = now.checked_sub(age).unwrap_or(now);
-                    let reading = mem.readings.entry(name).or_insert_with(|| Scraped {
-                        usage_bytes: 0,
-                        limit_bytes: None,
-                        tasks_done: 0,
-                        in_flight: 0,
-                        retained: BTreeMap::new(),
-                        at,
-                    });
-                    reading.usage_bytes = memory.usage_bytes;
-                    reading.at = at;
-                }
-            }
-            Err(e) => {
-                debug!(error = %chain(&e), "PodMetrics unavailable; memory readings age.");
-                pod_metrics_error = Some(chain(&e));
-            }
-        }
-    }
+    let pod_metrics_error = if job.spec.memory.source == MemorySource::PodMetrics {
+        read_pod_metrics(ctx, job, pods, mem).await
+    } else {
+        None
+    };
     let present: BTreeSet<String> = pods.iter().map(ResourceExt::name_any).collect();
     mem.readings.retain(|name, _| present.contains(name));
     mem.first_retained.retain(|name, _| present.contains(name));
@@ -702,6 +668,51 @@ async fn scrape_pods(
             .or_insert_with(|| retained_sample(reading));
     }
     pod_metrics_error
+}
+
+/// Sets each live pod's memory usage and its age from the `metrics.k8s.io` API, keeping what
+/// its `/metrics` gave (task counts, retained bytes). Returns why the API could not be read.
+async fn read_pod_metrics(
+    ctx: &Context,
+    job: &MigrateJob,
+    pods: &[Pod],
+    mem: &mut JobMemory,
+) -> Option<String> {
+    let live: BTreeSet<String> = pods
+        .iter()
+        .filter(|p| observe::exit_status(p).is_none())
+        .map(ResourceExt::name_any)
+        .collect();
+    let found = match observe::pod_metrics(
+        &ctx.client,
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        build::CONTAINER,
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            debug!(error = %chain(&e), "PodMetrics unavailable; memory readings age.");
+            return Some(chain(&e));
+        }
+    };
+    let (wall, now) = (Timestamp::now(), Instant::now());
+    for (name, memory) in found.into_iter().filter(|(n, _)| live.contains(n)) {
+        let age = Duration::try_from(wall.duration_since(memory.timestamp)).unwrap_or_default();
+        let at = now.checked_sub(age).unwrap_or(now);
+        let reading = mem.readings.entry(name).or_insert_with(|| Scraped {
+            usage_bytes: 0,
+            limit_bytes: None,
+            tasks_done: 0,
+            in_flight: 0,
+            retained: BTreeMap::new(),
+            at,
+        });
+        reading.usage_bytes = memory.usage_bytes;
+        reading.at = at;
+    }
+    None
 }
 
 fn retained_sample(reading: &Scraped) -> RetainedSample {
