@@ -465,36 +465,21 @@ return out
     )
 });
 
-// KEYS: processing, queue, workers, attempts. ARGV: worker. As REQUEUE, and gives back each
-// id's delivery: a worker that exits gracefully did not fail on the ids it still holds (they
-// waited for MySQL or the search server, or the grace period ended), so they keep their
-// attempts. A worker that dies is requeued by its supervisor with REQUEUE, which keeps the
-// delivery counted, so a task that kills its worker still runs out of attempts.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local ids = redis.call('LRANGE', KEYS[1], 0, -1)
-for i = 1, #ids do
-  redis.call('RPUSH', KEYS[2], ids[i])
-  if redis.call('HINCRBY', KEYS[4], ids[i], -1) <= 0 then
-    redis.call('HDEL', KEYS[4], ids[i])
-  end
-end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-return #ids
-",
-    )
-});
-
-// KEYS: processing, queue, workers. ARGV: worker. The processing list has the newest id on
-// the left; RPUSHing from newest to oldest leaves the oldest at the right end, taken first.
+// KEYS: processing, queue, workers, attempts. ARGV: worker, give back ("1" or "0"). The
+// processing list has the newest id on the left; RPUSHing from newest to oldest leaves the
+// oldest at the right end, taken first. With give back, each id's delivery is uncounted: a
+// worker that exits gracefully did not fail on the ids it still holds (they waited for MySQL
+// or the search server, or the grace period ended). A worker that dies is requeued by its
+// supervisor without it, so a task that kills its worker still runs out of attempts.
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
 for i = 1, #ids do
   redis.call('RPUSH', KEYS[2], ids[i])
+  if ARGV[2] == '1' and redis.call('HINCRBY', KEYS[4], ids[i], -1) <= 0 then
+    redis.call('HDEL', KEYS[4], ids[i])
+  end
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[3], ARGV[1])
@@ -521,11 +506,21 @@ where
     C: ConnectionLike + Send,
 {
     let keys = Keys::new(queue_key, worker);
+    requeue(conn, &keys, false).await
+}
+
+/// Runs [`REQUEUE`] for the worker of `keys`, giving back the ids' deliveries or not.
+async fn requeue<C>(conn: &mut C, keys: &Keys, give_back: bool) -> Result<u64, QueueError>
+where
+    C: ConnectionLike + Send,
+{
     REQUEUE
         .key(&keys.processing)
         .key(&keys.queue)
         .key(&keys.workers)
-        .arg(worker)
+        .key(&keys.attempts)
+        .arg(&keys.worker)
+        .arg(if give_back { "1" } else { "0" })
         .invoke_async::<u64>(conn)
         .await
         .map_err(command_error("requeue", &keys.processing))
@@ -810,15 +805,7 @@ impl Queue {
     pub async fn release_own(&self) -> Result<u64, QueueError> {
         let mut conn = self.manager.clone();
         let result = async {
-            let moved = RELEASE
-                .key(&self.keys.processing)
-                .key(&self.keys.queue)
-                .key(&self.keys.workers)
-                .key(&self.keys.attempts)
-                .arg(&self.keys.worker)
-                .invoke_async::<u64>(&mut conn)
-                .await
-                .map_err(command_error("release", &self.keys.processing))?;
+            let moved = requeue(&mut conn, &self.keys, true).await?;
             redis::cmd("DEL")
                 .arg(&self.keys.heartbeat)
                 .query_async::<()>(&mut conn)
