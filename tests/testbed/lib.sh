@@ -11,6 +11,8 @@ LOG_DIR=$TESTBED_DIR/logs
 DATA_DIR=$TESTBED_DIR/data
 ENV_DIR=$TESTBED_DIR/env.d
 export TESTBED_DIR MIGRATE_CACHE
+# Debian's Python (venvs for the Python-based search servers and the Python peer).
+PYTHON_DEBIAN_VERSION=3.11
 mkdir -p "$PID_DIR" "$LOG_DIR" "$DATA_DIR" "$ENV_DIR" "$MIGRATE_CACHE"
 
 # Name and log of the last process start_bg started; wait_until uses them to fail fast and to
@@ -159,12 +161,41 @@ _with_lock() {
   return "$rc"
 }
 
+# Debian packages are named NAME or NAME=UPSTREAM: UPSTREAM is the upstream version the project
+# was tested with (epoch and Debian revision aside, matched as a prefix: `redis-server=7.0`
+# accepts 5:7.0.15-1~deb12u10). A package that is installed at another version fails the
+# install with both versions named, instead of running the tests against something untested.
+
+_apt_name() { printf '%s\n' "${1%%=*}"; }
+
+# _apt_upstream VERSION: VERSION without its epoch and Debian revision.
+_apt_upstream() {
+  local v=${1#*:}
+  printf '%s\n' "${v%-*}"
+}
+
 _apt_missing() {
   local p
   for p; do
-    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
-      printf '%s\n' "$p"
+    dpkg-query -W -f='${Status}\n' "$(_apt_name "$p")" 2>/dev/null | grep -q '^install ok installed$' ||
+      _apt_name "$p"
   done
+}
+
+# _apt_check_pins SPEC...: every NAME=UPSTREAM spec is installed at that upstream version.
+_apt_check_pins() {
+  local p name want got rc=0
+  for p; do
+    [[ $p == *=* ]] || continue
+    name=${p%%=*}
+    want=${p#*=}
+    got=$(dpkg-query -W -f='${Version}' "$name" 2>/dev/null) || got=
+    if [[ $(_apt_upstream "$got") != "$want"* ]]; then
+      log "Debian package $name is at '${got:-not installed}', the testbed pins upstream $want"
+      rc=1
+    fi
+  done
+  return "$rc"
 }
 
 _apt_install_locked() {
@@ -187,14 +218,17 @@ _apt_install_locked() {
   fi
 }
 
-# apt_ensure PKG...: install the Debian packages that are missing (needs root).
+# apt_ensure SPEC...: install the Debian packages that are missing (needs root); SPEC is NAME
+# or NAME=UPSTREAM (see above). Dies naming the package when one is at an unpinned version.
 apt_ensure() {
   local missing
   mapfile -t missing < <(_apt_missing "$@")
-  ((${#missing[@]})) || return 0
-  [[ $(id -u) == 0 ]] || die "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"
-  _with_lock "$MIGRATE_CACHE/.apt.lock" _apt_install_locked "$@" ||
-    die "apt-get install ${missing[*]} failed"
+  if ((${#missing[@]})); then
+    [[ $(id -u) == 0 ]] || die "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"
+    _with_lock "$MIGRATE_CACHE/.apt.lock" _apt_install_locked "$@" ||
+      die "apt-get install ${missing[*]} failed"
+  fi
+  _apt_check_pins "$@" || die "Debian packages at versions the testbed does not pin (see above)"
 }
 
 _venv_install_locked() {
@@ -214,7 +248,7 @@ venv_ensure() {
   local dir=$1
   shift
   [[ -e $dir/.complete ]] && return 0
-  command -v python3 >/dev/null || apt_ensure python3 python3-venv
+  apt_ensure "python3=$PYTHON_DEBIAN_VERSION" "python3-venv=$PYTHON_DEBIAN_VERSION"
   mkdir -p "$(dirname "$dir")"
   _with_lock "$dir.lock" _venv_install_locked "$dir" "$@" || die "pip install $* into $dir failed"
 }
@@ -250,7 +284,7 @@ EOT
 
 # Every component, in start order (down.sh stops them in reverse); used by up.sh and down.sh.
 # shellcheck disable=SC2034
-TESTBED_ALL_COMPONENTS=(redis mariadb opensearch osmem noida nlp k8s helm)
+TESTBED_ALL_COMPONENTS=(tools redis mariadb opensearch osmem noida nlp k8s helm)
 
 # collect_env: concatenate env.d/*.env into $TESTBED_DIR/env (what `source .testbed/env` reads).
 collect_env() {

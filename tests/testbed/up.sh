@@ -3,9 +3,11 @@
 #
 #   tests/testbed/up.sh [COMPONENT...]     # or TESTBED_COMPONENTS="redis mariadb" up.sh
 #
-# No argument: every component (redis mariadb opensearch osmem noida nlp k8s helm). Each one's
-# `components/NAME.sh up` runs in parallel with the others (install steps take a shared lock),
-# with its output prefixed by [NAME]; TESTBED_PARALLEL=0 runs them one after the other.
+# No argument: every component (tools redis mariadb opensearch osmem noida nlp k8s helm).
+# `tools` (the pinned packages every other component and the scripts use) always runs first,
+# alone, whether named or not; then each other one's `components/NAME.sh up` runs in parallel
+# (install steps take a shared lock), with its output prefixed by [NAME]; TESTBED_PARALLEL=0
+# runs them one after the other.
 # Then env.d/*.env is concatenated into $TESTBED_DIR/env and printed. Exits non-zero when any
 # component failed (the others are left running, and their variables are still in env).
 set -euo pipefail
@@ -24,6 +26,7 @@ else
 fi
 
 # Keep the canonical order for known names; append unknown ones that have a script.
+requested=(tools "${requested[@]}")
 ordered=()
 for c in "${TESTBED_ALL_COMPONENTS[@]}"; do
   for r in "${requested[@]}"; do
@@ -84,6 +87,11 @@ run_one() {
 
 log "starting: ${runnable[*]:-nothing}"
 failed=()
+# Everything else needs what `tools` installs; it is first in the canonical order.
+if [[ ${runnable[0]:-} == tools ]]; then
+  run_one tools || die "failed: tools (the packages every component needs; see above)"
+  runnable=("${runnable[@]:1}")
+fi
 if [[ ${TESTBED_PARALLEL:-1} == 0 ]]; then
   for c in "${runnable[@]}"; do
     run_one "$c" || failed+=("$c")

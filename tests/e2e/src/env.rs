@@ -470,3 +470,114 @@ mod tests {
         assert!(message.contains("tests/testbed/up.sh nlp"), "{message}");
     }
 }
+
+/// The variable naming the file where skipped tests are recorded, one line each, for
+/// `scripts/test.sh` to count in its summary (cargo's own count would call them passed).
+pub const SKIP_LOG_VAR: &str = "MIGRATE_TEST_SKIPS";
+
+/// Whether `CI` is set to `true` (or `1`): there, a missing component fails instead of skipping.
+#[must_use]
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// What a test does about a testbed component it needs that is not running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    /// Fail with this message (under CI).
+    Fail(String),
+    /// Skip, recording this line (outside CI).
+    Skip(String),
+}
+
+/// The decision for `test`, which needs `component`, when that component is missing: under
+/// CI a failure, elsewhere a skip; both name the component and the command that starts it.
+#[must_use]
+pub fn when_missing(test: &str, component: &str, ci: bool) -> Missing {
+    let line = format!(
+        "{test}: the testbed component `{component}` is not running; start it with `tests/testbed/up.sh {component}`"
+    );
+    if ci {
+        Missing::Fail(format!(
+            "{line} (CI=true: a missing component fails the run)"
+        ))
+    } else {
+        Missing::Skip(line)
+    }
+}
+
+/// Appends `line` to the skip log at `path` (created when missing).
+///
+/// # Errors
+/// When the file cannot be opened or written.
+pub fn record_skip(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{line}")
+}
+
+/// Decides what a test does when a testbed component it needs is `present` or not.
+///
+/// Returns `true` when it is present. When it is not, under CI (`CI=true`) the test fails,
+/// naming the component and the command that starts it: CI must never go green on a test that
+/// ran nothing. Elsewhere the test is skipped: it says so on stderr and appends a line to the
+/// file named by [`SKIP_LOG_VAR`] (set by `scripts/test.sh`, which counts those lines as
+/// skipped in its summary), and `false` is returned so the test can return early.
+///
+/// # Panics
+/// Under CI when the component is missing, or when the skip log cannot be written.
+#[must_use]
+pub fn present_or_skip(test: &str, component: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    match when_missing(test, component, in_ci()) {
+        Missing::Fail(message) => fail(message),
+        Missing::Skip(line) => {
+            eprintln!("SKIPPED {line}");
+            if let Some(path) = std::env::var_os(SKIP_LOG_VAR).filter(|p| !p.is_empty()) {
+                let path = PathBuf::from(path);
+                if let Err(e) = record_skip(&path, &line) {
+                    fail(format!("cannot record the skip in {}: {e}", path.display()));
+                }
+            }
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod skip_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_component_fails_under_ci_and_is_skipped_elsewhere_both_naming_the_command() {
+        let Missing::Fail(failure) = when_missing("mission", "k8s", true) else {
+            panic!("under CI a missing component must fail");
+        };
+        let Missing::Skip(skip) = when_missing("mission", "k8s", false) else {
+            panic!("outside CI a missing component is skipped");
+        };
+        for message in [&failure, &skip] {
+            assert!(message.starts_with("mission: "), "{message}");
+            assert!(message.contains("`k8s`"), "{message}");
+            assert!(message.contains("tests/testbed/up.sh k8s"), "{message}");
+        }
+        assert!(failure.contains("CI=true"), "{failure}");
+    }
+
+    #[test]
+    fn skips_are_appended_one_line_each_for_the_summary_to_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("skips");
+        record_skip(&log, "a: first").unwrap();
+        record_skip(&log, "b: second").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "a: first\nb: second\n"
+        );
+    }
+}

@@ -7,8 +7,9 @@
 //! counts are exact, only the poison is dead-lettered, no worker was OOM-killed, the leak was
 //! met by memory-soft restarts naming the leaking stage, the job is Complete and no pod is left.
 //!
-//! The Kubernetes twin of `operator/tests/local_supervision.rs`. Skipped (with a message) only
-//! when the testbed has no `k8s` component; any other missing service fails the test.
+//! The Kubernetes twin of `operator/tests/local_supervision.rs`. When the testbed has no `k8s`
+//! component it fails under CI (`CI=true`) and is otherwise skipped, recorded for the summary of
+//! `scripts/test.sh` (`migrate_e2e::env::present_or_skip`); any other missing service fails it.
 
 // A test fails loudly, naming what went wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -253,16 +254,14 @@ struct World {
 
 impl World {
     /// Sets everything up for `articles` articles, the runner handing out pod IPs
-    /// `first_ip..=last_ip`; `None` (after saying so) when the testbed has no k8s component.
+    /// `first_ip..=last_ip`; `None` (after recording the skip) when the testbed has no k8s
+    /// component outside CI.
     async fn start(name: &str, articles: u64, first_ip: &str, last_ip: &str) -> Option<Self> {
         let env = TestEnv::load();
         let components = std::env::var("TESTBED_COMPONENTS").unwrap_or_default();
         let k8s_absent = env.kubeconfig.as_ref().is_none_or(|p| !p.exists())
             || (!components.trim().is_empty() && !components.split([' ', ',']).any(|c| c == "k8s"));
-        if k8s_absent {
-            eprintln!(
-                "SKIPPED: the testbed has no k8s component (no KUBECONFIG, or TESTBED_COMPONENTS without k8s); start it with `tests/testbed/up.sh k8s`"
-            );
+        if !migrate_e2e::env::present_or_skip(name, "k8s", !k8s_absent) {
             return None;
         }
         env.require(&[

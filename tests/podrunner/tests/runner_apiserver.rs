@@ -115,12 +115,15 @@ fn pod(value: serde_json::Value) -> Pod {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_bound_run_reported_limited_restarted_and_deleted_like_a_kubelet_does() {
     let env = TestEnv::load();
-    let Some(kubeconfig) = env.kubeconfig.clone().filter(|p| p.exists()) else {
-        eprintln!(
-            "SKIPPED: the testbed has no k8s component; start it with `tests/testbed/up.sh k8s`"
-        );
+    let kubeconfig = env.kubeconfig.clone().filter(|p| p.exists());
+    if !migrate_e2e::env::present_or_skip(
+        "pods_are_bound_run_reported_limited_restarted_and_deleted_like_a_kubelet_does",
+        "k8s",
+        kubeconfig.is_some(),
+    ) {
         return;
-    };
+    }
+    let Some(kubeconfig) = kubeconfig else { return };
     env.require(&[migrate_e2e::env::Service::Kubernetes]).await;
     let client = k8s::client_from(&kubeconfig).await;
     let ns = k8s::fresh_name("podrunner");

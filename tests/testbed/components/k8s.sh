@@ -122,7 +122,7 @@ ensure_pki() {
     -s $PKI_DIR/sa.key && -s $PKI_DIR/sa.pub ]]; then
     return 0
   fi
-  command -v openssl >/dev/null 2>&1 || die "openssl is needed (apt-get install openssl)"
+  apt_ensure openssl=3.0
   log "generating CA, serving certificate and service-account keys in $PKI_DIR"
   local tmp
   tmp=$(mktemp -d "$K8S_DIR/pki.tmp.XXXXXX")

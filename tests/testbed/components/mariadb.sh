@@ -113,7 +113,7 @@ cmd_up() {
     return 0
   fi
   stop_pid "$NAME" # drops a stale pid file
-  apt_ensure mariadb-server mariadb-client
+  apt_ensure mariadb-server=10.11 mariadb-client=10.11
   port_free_or_die "$NAME" "$PORT"
   write_cnf
   init_datadir

@@ -61,7 +61,7 @@ cmd_up() {
     return 0
   fi
   stop_pid "$NAME" # drops a stale pid file
-  apt_ensure curl
+  apt_ensure curl=7.88
   if needs_build; then build; fi
   port_free_or_die "$NAME" "$PORT"
   RUST_LOG=${RUST_LOG:-info} start_bg "$NAME" "$BIN" --listen "127.0.0.1:$PORT" \

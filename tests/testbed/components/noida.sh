@@ -48,7 +48,7 @@ cmd_up() {
     return 0
   fi
   stop_pid "$NAME" # drops a stale pid file
-  apt_ensure curl
+  apt_ensure curl=7.88
   venv_ensure "$VENV" "noida-db==$VERSION"
   bin=$(server_bin)
   port_free_or_die "$NAME" "$PORT"

@@ -49,7 +49,7 @@ java_home() {
   for jh in /usr/lib/jvm/java-17-openjdk-amd64 /usr/lib/jvm/java-21-openjdk-amd64; do
     [[ -x $jh/bin/java ]] && { printf '%s\n' "$jh"; return; }
   done
-  apt_ensure openjdk-17-jre-headless
+  apt_ensure openjdk-17-jre-headless=17.0
   printf '%s\n' /usr/lib/jvm/java-17-openjdk-amd64
 }
 
@@ -75,7 +75,7 @@ _install_locked() {
 
 install() {
   [[ -x $HOME_DIR/bin/opensearch ]] && return 0
-  apt_ensure maven unzip curl
+  apt_ensure maven=3.8 unzip=6.0 curl=7.88
   mkdir -p "$INSTALL_ROOT"
   _with_lock "$INSTALL_ROOT/.install-$VERSION.lock" _install_locked ||
     die "could not fetch/unpack $ARTIFACT"

@@ -49,7 +49,7 @@ cmd_up() {
     return 0
   fi
   stop_pid "$NAME" # drops a stale pid file
-  apt_ensure redis-server redis-tools
+  apt_ensure redis-server=7.0 redis-tools=7.0
   port_free_or_die "$NAME" "$PORT"
   write_conf
   start_bg "$NAME" redis-server "$CONF"
