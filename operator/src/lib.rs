@@ -10,3 +10,8 @@ pub mod leak;
 pub mod local;
 pub mod metrics;
 pub mod policy;
+
+/// The `User-Agent` of every request the operator makes (the Kubernetes API, worker `/metrics`):
+/// the program's name and version, so that audit logs and API priority and fairness rules can
+/// tell its requests from others'.
+pub const USER_AGENT: &str = concat!("migrate-operator/", env!("CARGO_PKG_VERSION"));

@@ -211,7 +211,7 @@ impl Enricher {
             .max()
             .unwrap_or(1);
         let client = reqwest::Client::builder()
-            .user_agent(concat!("migrate-worker/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::USER_AGENT)
             .pool_max_idle_per_host(idle_per_host)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_keepalive(Duration::from_secs(30))

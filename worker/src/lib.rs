@@ -29,3 +29,7 @@ pub mod sink;
 pub mod source;
 pub mod stage;
 pub mod task;
+
+/// The `User-Agent` of every HTTP request the worker makes (NLP services, the search server):
+/// the program's name and version, so that access logs and proxies can tell its requests apart.
+pub const USER_AGENT: &str = concat!("migrate-worker/", env!("CARGO_PKG_VERSION"));

@@ -152,6 +152,9 @@ pub struct Config {
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
+    /// No Kubernetes configuration was found (in-cluster or KUBECONFIG).
+    #[error("cannot find a Kubernetes configuration (in-cluster or KUBECONFIG)")]
+    Config(#[source] kube::config::InferConfigError),
     /// No Kubernetes client could be configured.
     #[error("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")]
     Client(#[source] kube::Error),
@@ -300,6 +303,7 @@ impl Context {
             metrics,
             queues,
             http: reqwest::Client::builder()
+                .user_agent(crate::USER_AGENT)
                 .timeout(MAX_SCRAPE_TIMEOUT)
                 .build()
                 .unwrap_or_else(|_| reqwest::Client::new()),
@@ -1302,14 +1306,25 @@ fn oom_message(job: &MigrateJob, worker: &str, usage: Option<u64>) -> String {
     )
 }
 
+/// `config` with the operator's [`crate::USER_AGENT`] on every request.
+#[must_use]
+pub fn identified(mut config: kube::Config) -> kube::Config {
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(crate::USER_AGENT),
+    ));
+    config
+}
+
 /// Runs the controller until a signal (SIGINT, SIGTERM) arrives.
 ///
 /// # Errors
 /// [`ControllerError`] when it cannot start.
 pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .map_err(ControllerError::Client)?;
+        .map_err(ControllerError::Config)?;
+    let client = Client::try_from(identified(config)).map_err(ControllerError::Client)?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let lease = (!args.no_leader_election).then(|| LeaseConfig {
         name: args.lease_name.clone(),
@@ -1472,5 +1487,28 @@ async fn run_controller(
     tokio::select! {
         () = controller => {}
         () = stop => {}
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    /// Every request the operator's client sends names the operator and its version.
+    #[test]
+    fn the_kubernetes_client_config_carries_the_operator_user_agent() {
+        let config = identified(kube::Config::new(
+            "https://127.0.0.1:6443".parse().unwrap(),
+        ));
+        let agents: Vec<_> = config
+            .headers
+            .iter()
+            .filter(|(name, _)| name == http::header::USER_AGENT)
+            .map(|(_, value)| value.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            agents,
+            [concat!("migrate-operator/", env!("CARGO_PKG_VERSION"))]
+        );
     }
 }

@@ -93,6 +93,7 @@ pub async fn probe(client: &reqwest::Client, port: u16) -> Probe {
 /// When the TLS backend cannot be initialised (not expected: probes use plain HTTP).
 pub fn probe_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
+        .user_agent(crate::USER_AGENT)
         .no_proxy()
         .timeout(timeout)
         .connect_timeout(timeout)

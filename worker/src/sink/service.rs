@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use elasticsearch::auth::Credentials;
-use elasticsearch::http::headers::HeaderMap;
+use elasticsearch::http::headers::{HeaderMap, HeaderValue, USER_AGENT};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::{Method, Url};
 use elasticsearch::{BulkParts, Elasticsearch};
@@ -208,6 +208,7 @@ impl Sink {
         let response = self
             .client
             .ping()
+            .header(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT))
             .request_timeout(self.timeout)
             .send()
             .await
@@ -361,7 +362,7 @@ impl Sink {
     fn note_unavailable(&self, reason: &str, settings: bool, docs: usize) {
         self.available.store(false, Ordering::Relaxed);
         if settings {
-            error!(index = %self.index, docs, %reason, "The search server refuses the job's settings: fix MIGRATE_SEARCH_URL, MIGRATE_SEARCH_USERNAME/MIGRATE_SEARCH_PASSWORD (from sink.urlSecretRef and sink.credentialsSecretRef) or sink.index, then restart the workers. The documents wait and use up no attempt.");
+            error!(index = %self.index, docs, %reason, "The search server refuses the job's settings: fix MIGRATE_SEARCH_URL, MIGRATE_SEARCH_USERNAME/MIGRATE_SEARCH_PASSWORD (from sink.urlSecretRef, sink.usernameSecretRef and sink.passwordSecretRef) or sink.index, then restart the workers. The documents wait and use up no attempt.");
         } else {
             warn!(index = %self.index, docs, %reason, "Search server unavailable; the documents wait and use up no attempt.");
         }
@@ -374,7 +375,7 @@ impl Sink {
             .send(
                 Method::Post,
                 &self.bulk_path,
-                HeaderMap::new(),
+                user_agent(),
                 Some(&[("filter_path", FILTER_PATH)]),
                 Some(body),
                 Some(self.timeout),
@@ -501,6 +502,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The headers of a bulk request: the worker's `User-Agent` (the client's own default would
+/// otherwise name only the library).
+fn user_agent() -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(1);
+    headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     //! The failures a real server does not produce on demand (a 429 storm, a dropped
@@ -532,6 +541,7 @@ mod tests {
         at: Instant,
         target: String,
         body: String,
+        user_agent: Option<String>,
     }
 
     #[derive(Default)]
@@ -573,7 +583,7 @@ mod tests {
     async fn serve(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
         let mut buf = Vec::new();
         loop {
-            let Some((target, body)) = read_request(&mut stream, &mut buf).await else {
+            let Some((target, body, user_agent)) = read_request(&mut stream, &mut buf).await else {
                 return;
             };
             let act = {
@@ -582,6 +592,7 @@ mod tests {
                     at: Instant::now(),
                     target,
                     body,
+                    user_agent,
                 });
                 let i = log.next.min(log.script.len() - 1);
                 log.next += 1;
@@ -608,8 +619,12 @@ mod tests {
         }
     }
 
-    /// Reads one request (head and content-length body); `None` when the peer closed.
-    async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, String)> {
+    /// Reads one request (head and content-length body): its target, body and `User-Agent`;
+    /// `None` when the peer closed.
+    async fn read_request(
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+    ) -> Option<(String, String, Option<String>)> {
         let mut chunk = [0u8; 8192];
         let head_end = loop {
             if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -623,14 +638,16 @@ mod tests {
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
             })
+        };
+        let length: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let user_agent = header("user-agent");
         while buf.len() < head_end + length {
             let n = stream.read(&mut chunk).await.ok()?;
             if n == 0 {
@@ -640,7 +657,7 @@ mod tests {
         }
         let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
         buf.drain(..head_end + length);
-        Some((target, body))
+        Some((target, body, user_agent))
     }
 
     fn spec(retries: u32) -> migrate_crds::SinkSpec {
@@ -702,6 +719,26 @@ mod tests {
     /// Gaps between consecutive requests.
     fn gaps(seen: &[Seen]) -> Vec<Duration> {
         seen.windows(2).map(|w| w[1].at - w[0].at).collect()
+    }
+
+    /// Every request, the bulk and the ping, names the worker and its version, not only the
+    /// client library.
+    #[tokio::test]
+    async fn requests_carry_the_worker_user_agent() {
+        let server = Scripted::start(vec![Act::Reply(200, ok_items(&[1]))]).await;
+        let sink = sink(&server.url, 0);
+        let results = sink.send(batch(&sink, 1), &go()).await;
+        assert_eq!(results.len(), 1, "{results:?}");
+        sink.ping().await.unwrap();
+        let seen = server.seen();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        for request in &seen {
+            assert_eq!(
+                request.user_agent.as_deref(),
+                Some(concat!("migrate-worker/", env!("CARGO_PKG_VERSION"))),
+                "{request:?}"
+            );
+        }
     }
 
     /// HTTP 429 on the whole request twice, then success: resent with growing backoff, using
