@@ -1497,9 +1497,7 @@ mod identity_tests {
     /// Every request the operator's client sends names the operator and its version.
     #[test]
     fn the_kubernetes_client_config_carries_the_operator_user_agent() {
-        let config = identified(kube::Config::new(
-            "https://127.0.0.1:6443".parse().unwrap(),
-        ));
+        let config = identified(kube::Config::new("https://127.0.0.1:6443".parse().unwrap()));
         let agents: Vec<_> = config
             .headers
             .iter()
