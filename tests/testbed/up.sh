@@ -3,7 +3,7 @@
 #
 #   tests/testbed/up.sh [COMPONENT...]     # or TESTBED_COMPONENTS="redis mariadb" up.sh
 #
-# No argument: every component (redis mariadb opensearch osmem noida nlp k8s helm). Each one's
+# No argument: every component (redis mariadb opensearch osmem noida nlp k8s helm node). Each one's
 # `components/NAME.sh up` runs in parallel with the others (install steps take a shared lock),
 # with its output prefixed by [NAME]; TESTBED_PARALLEL=0 runs them one after the other.
 # Then env.d/*.env is concatenated into $TESTBED_DIR/env and printed. Exits non-zero when any

@@ -100,6 +100,11 @@ build_worker() {
   mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp"
   chmod 1777 "$root/tmp"
   cp "$binary" "$root/usr/local/bin/migrate-worker"
+  # The release profile keeps line tables (about 100 MB); the image does without them, and
+  # keeps the symbols for backtraces.
+  if command -v strip >/dev/null 2>&1; then
+    strip --strip-debug "$root/usr/local/bin/migrate-worker"
+  fi
   # The binary is dynamically linked (glibc): copy every library ldd resolves, and the
   # loader, to the same paths inside the image.
   while read -r lib; do
