@@ -19,8 +19,9 @@
 #  - sysctls the kubelet sets (vm.overcommit_memory, vm.panic_on_oom, kernel.panic,
 #    kernel.panic_on_oops, kernel.keys.root_maxkeys/root_maxbytes) and net.ipv4.ip_forward;
 #  - /kubepods cgroups; paths the kubelet and containerd use whatever their root dirs
-#    (/var/lib/kubelet, /var/log/pods, /var/log/containers, /run/containerd, /run/netns,
-#    /var/lib/cni) when they did not exist before;
+#    (/var/lib/kubelet for device plugins, /var/log/containers, /run/containerd for shim
+#    sockets; /var/log/pods, /run/netns and /var/lib/cni are moved under $TESTBED_DIR but
+#    checked too) when they did not exist before;
 #  - iptables chains KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT (the kubelet is told
 #    not to make them; `down` still removes any that appeared).
 # Only one kubelet may run on a machine: `up` refuses when another one runs.
@@ -125,9 +126,10 @@ check_host() {
   for pid in /proc/[0-9]*; do
     comm=$(cat "$pid/comm" 2>/dev/null) || continue
     [[ $comm == kubelet* && ${pid#/proc/} != "$ours" ]] || continue
+    _proc_alive "${pid#/proc/}" || continue # an exited one not yet reaped
     die "a kubelet not started by this testbed runs (pid ${pid#/proc/}: $(tr '\0' ' ' <"$pid/cmdline")); only one kubelet may run on a machine"
   done
-  if ! getent ahostsv4 "$NODE_NAME" | awk '{print $1}' | grep -q '^127\.'; then
+  if ! getent ahostsv4 "$NODE_NAME" | awk '$1 ~ /^127\./ {found = 1} END {exit !found}'; then
     log "warning: host name $NODE_NAME does not resolve to 127.0.0.0/8: logs and exec through the apiserver will not reach the kubelet (pods still run)"
   fi
 }
@@ -373,18 +375,26 @@ start_containerd() {
 
 # --- images -----------------------------------------------------------------------------
 
+# has_image NAME: containerd's k8s.io namespace holds NAME. (The list is read whole first: a
+# `grep -q` reading the pipe could exit early and fail the pipeline with SIGPIPE.)
+has_image() {
+  local images
+  images=$(ctr_ images ls -q) || return 1
+  grep -qxF "$1" <<<"$images"
+}
+
 # import_image TAR NAME: load TAR into containerd's k8s.io namespace unless this very archive
 # is there already (the stamp lives in containerd's root, which `down` removes).
 import_image() {
   local tar=$1 name=$2 sum stamp
   sum=$(sha256sum "$tar" | awk '{print $1}')
   stamp=$CONTAINERD_DIR/root/testbed-import-${name//[\/:]/_}
-  if [[ -r $stamp && $(<"$stamp") == "$sum" ]] && ctr_ images ls -q | grep -qxF "$name"; then
+  if [[ -r $stamp && $(<"$stamp") == "$sum" ]] && has_image "$name"; then
     return 0
   fi
   ctr_ images import "$tar" >>"$(log_file node-images)" 2>&1 ||
     die "ctr images import $tar failed; see $(log_file node-images)"
-  ctr_ images ls -q | grep -qxF "$name" || die "$tar did not provide the image $name"
+  has_image "$name" || die "$tar did not provide the image $name"
   printf '%s\n' "$sum" >"$stamp"
   log "imported $name"
 }
@@ -505,8 +515,10 @@ api_apply() {
 }
 
 metrics_api_available() {
-  api_get /apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io 2>/dev/null |
-    tr -d ' \n' | grep -q '"type":"Available","status":"True"'
+  local service
+  service=$(api_get /apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io \
+    2>/dev/null | tr -d ' \n') || return 1
+  grep -q '"type":"Available","status":"True"' <<<"$service"
 }
 
 # metrics-server runs on the host, like the kubelet it scrapes (there is no image of it). The
@@ -530,7 +542,7 @@ start_metrics_server() {
       --kubelet-insecure-tls \
       --kubelet-client-certificate="$PKI_DIR/apiserver-kubelet-client.crt" \
       --kubelet-client-key="$PKI_DIR/apiserver-kubelet-client.key" \
-      --metric-resolution=10s \
+      --metric-resolution=15s \
       --profiling=false
   fi
   poll_briefly 5 healthz_ok "$METRICS_SERVER_PORT" ||
