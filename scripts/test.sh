@@ -48,7 +48,8 @@ if [[ ${SKIP_LINT:-0} != 1 ]]; then
   step "cargo clippy"
   cargo clippy --workspace --all-targets --locked -- -D warnings
   step "shellcheck"
-  shellcheck -x scripts/*.sh tests/testbed/*.sh tests/testbed/components/*.sh tests/fresh/*.sh .ci/run
+  shellcheck -x scripts/*.sh tests/testbed/*.sh tests/testbed/components/*.sh tests/testbed/images/*.sh \
+    tests/fresh/*.sh .ci/run
 else
   step "lint skipped (SKIP_LINT=1)"
 fi

@@ -284,7 +284,7 @@ EOT
 
 # Every component, in start order (down.sh stops them in reverse); used by up.sh and down.sh.
 # shellcheck disable=SC2034
-TESTBED_ALL_COMPONENTS=(tools redis mariadb opensearch osmem noida nlp k8s helm)
+TESTBED_ALL_COMPONENTS=(tools redis mariadb opensearch osmem noida nlp k8s helm node)
 
 # collect_env: concatenate env.d/*.env into $TESTBED_DIR/env (what `source .testbed/env` reads).
 collect_env() {

@@ -3,7 +3,7 @@
 #
 #   tests/testbed/up.sh [COMPONENT...]     # or TESTBED_COMPONENTS="redis mariadb" up.sh
 #
-# No argument: every component (tools redis mariadb opensearch osmem noida nlp k8s helm).
+# No argument: every component (tools redis mariadb opensearch osmem noida nlp k8s helm node).
 # `tools` (the pinned packages every other component and the scripts use) always runs first,
 # alone, whether named or not; then each other one's `components/NAME.sh up` runs in parallel
 # (install steps take a shared lock), with its output prefixed by [NAME]; TESTBED_PARALLEL=0

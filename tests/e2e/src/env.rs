@@ -89,6 +89,9 @@ pub enum Service {
     Nlp,
     /// The Kubernetes API server named in `KUBECONFIG`, probed with a TCP connect.
     Kubernetes,
+    /// The API server of the real single-node cluster named in `NODE_KUBECONFIG` (a kubelet,
+    /// containerd and runc run its pods), probed with a TCP connect.
+    Node,
 }
 
 impl Service {
@@ -103,6 +106,7 @@ impl Service {
             Self::Noida => "noida",
             Self::Nlp => "nlp",
             Self::Kubernetes => "k8s",
+            Self::Node => "node",
         }
     }
 }
@@ -125,6 +129,9 @@ pub struct TestEnv {
     /// `KUBECONFIG` of the testbed's API server, when one is known (the variable, the env file,
     /// or `<testbed>/k8s/admin.kubeconfig` when that file exists).
     pub kubeconfig: Option<PathBuf>,
+    /// `NODE_KUBECONFIG` of the real single-node cluster (`tests/testbed/up.sh node`), when one
+    /// is known (the variable or the env file).
+    pub node_kubeconfig: Option<PathBuf>,
 }
 
 impl TestEnv {
@@ -165,6 +172,10 @@ impl TestEnv {
                     .exists()
                     .then(|| default_kubeconfig.to_path_buf())
             });
+        let node_kubeconfig = var("NODE_KUBECONFIG")
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| file.get("NODE_KUBECONFIG").cloned())
+            .map(PathBuf::from);
         Self {
             redis_url: get("REDIS_URL", DEFAULT_REDIS_URL),
             mysql_url: get("MYSQL_URL", DEFAULT_MYSQL_URL),
@@ -173,6 +184,7 @@ impl TestEnv {
             noida_url: get("NOIDA_URL", DEFAULT_NOIDA_URL),
             nlp_url: get("NLP_URL", DEFAULT_NLP_URL),
             kubeconfig,
+            node_kubeconfig,
         }
     }
 
@@ -190,6 +202,10 @@ impl TestEnv {
                 .kubeconfig
                 .as_ref()
                 .map_or_else(|| "(no KUBECONFIG)".to_owned(), |p| p.display().to_string()),
+            Service::Node => self.node_kubeconfig.as_ref().map_or_else(
+                || "(no NODE_KUBECONFIG)".to_owned(),
+                |p| p.display().to_string(),
+            ),
         }
     }
 
@@ -269,25 +285,30 @@ impl TestEnv {
             Service::Noida => http_ok(&format!("{}/_cluster/health", self.noida_url)).await,
             Service::Nlp => http_ok(&format!("{}/healthz", self.nlp_url)).await,
             Service::Kubernetes => {
-                let path = self
-                    .kubeconfig
-                    .as_ref()
-                    .ok_or_else(|| ProbeError::Kubeconfig("KUBECONFIG is not set".to_owned()))?;
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ProbeError::Kubeconfig(format!("{}: {e}", path.display())))?;
-                let addr = kube_server_addr(&text).ok_or_else(|| {
-                    ProbeError::Kubeconfig(format!(
-                        "{}: no `server: https://host:port` line",
-                        path.display()
-                    ))
-                })?;
-                tokio::net::TcpStream::connect(&addr)
-                    .await
-                    .map_err(|source| ProbeError::Connect { addr, source })?;
-                Ok(())
+                api_server_answers(self.kubeconfig.as_deref(), "KUBECONFIG").await
+            }
+            Service::Node => {
+                api_server_answers(self.node_kubeconfig.as_deref(), "NODE_KUBECONFIG").await
             }
         }
     }
+}
+
+/// Connects to the API server of the kubeconfig at `path` (named by the variable `var`).
+async fn api_server_answers(path: Option<&Path>, var: &str) -> Result<(), ProbeError> {
+    let path = path.ok_or_else(|| ProbeError::Kubeconfig(format!("{var} is not set")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ProbeError::Kubeconfig(format!("{}: {e}", path.display())))?;
+    let addr = kube_server_addr(&text).ok_or_else(|| {
+        ProbeError::Kubeconfig(format!(
+            "{}: no `server: https://host:port` line",
+            path.display()
+        ))
+    })?;
+    tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|source| ProbeError::Connect { addr, source })?;
+    Ok(())
 }
 
 async fn http_ok(url: &str) -> Result<(), ProbeError> {
