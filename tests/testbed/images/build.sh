@@ -110,7 +110,7 @@ build_worker() {
   while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
-  done < <(ldd "$binary" | awk '/=> \// {print $3} /^\s*\/.*ld-linux/ {print $1}')
+  done < <(ldd "$binary" | awk '/=> \// {print $3} /^[[:space:]]*\/.*ld-linux/ {print $1}')
   [[ -n $(find "$root" -name 'ld-linux*' -print -quit) ]] ||
     die "ldd $binary named no loader; is it a dynamically linked x86_64 binary?"
   cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
