@@ -20,8 +20,9 @@
 //! with one script (`LMOVE` each, the same direction as `BLMOVE`), so a busy worker does not pay
 //! two round trips per id.
 //!
-//! The key layout is documented in `docs/architecture.md`; [`Keys`] is its only spelling in
-//! code.
+//! The scripts are Lua files under `src/lua/`. The key layout ([`Keys`]), the requeue script
+//! and what a supervisor reads ([`backlog`], [`worker_beats`], [`dead_letters`]) belong to the
+//! contract between worker and supervisor, `migrate-contract`, and are re-exported here.
 //!
 //! Connections: commands share one [`ConnectionManager`] (multiplexed, reconnects by itself);
 //! the blocking `BLMOVE` runs on a dedicated connection so it never delays an acknowledgement.
@@ -32,18 +33,22 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use migrate_contract::queue::{command_error, requeue};
 use migrate_crds::QueueSpec;
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
-use redis::{AsyncConnectionConfig, Client, RedisError, RetryMethod, Script};
-use serde::{Deserialize, Serialize};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::stage::Stage;
 use crate::task::{DeadLetter, Outcome};
+
+pub use migrate_contract::Keys;
+pub use migrate_contract::queue::{
+    Backlog, DeadEntry, Heartbeat, QueueError, WorkerBeat, backlog, dead_letters, live_workers,
+    redact_url, requeue_worker, worker_beats,
+};
 
 /// How long one `BLMOVE` blocks before it returns empty-handed (so an idle worker notices an
 /// empty queue about once a second, which drain mode needs).
@@ -57,169 +62,6 @@ const UNBLOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// Extra time the client waits for a reply beyond the server-side block timeout.
 const REPLY_MARGIN: Duration = Duration::from_secs(5);
-
-/// The Redis keys of one job and one worker, exactly as `docs/architecture.md` lists them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
-    /// `{q}`: the pending ids.
-    pub queue: String,
-    /// The worker these keys belong to.
-    pub worker: String,
-    /// `{q}:processing:{worker}`: ids this worker took and has not acknowledged.
-    pub processing: String,
-    /// `{q}:heartbeat:{worker}`: alive marker with a TTL.
-    pub heartbeat: String,
-    /// `{q}:workers`: every worker id that took work.
-    pub workers: String,
-    /// `{q}:attempts`: deliveries per id.
-    pub attempts: String,
-    /// `{q}:dead`: dead-letter entries (JSON, newest first).
-    pub dead: String,
-    /// `{q}:counts`: keyword hit counts.
-    pub counts: String,
-    /// `{q}:stats`: outcome totals.
-    pub stats: String,
-}
-
-impl Keys {
-    /// The keys of queue `queue_key` as seen by `worker`.
-    #[must_use]
-    pub fn new(queue_key: &str, worker: &str) -> Self {
-        Self {
-            queue: queue_key.to_owned(),
-            worker: worker.to_owned(),
-            processing: Self::processing_of(queue_key, worker),
-            heartbeat: Self::heartbeat_of(queue_key, worker),
-            workers: format!("{queue_key}:workers"),
-            attempts: format!("{queue_key}:attempts"),
-            dead: format!("{queue_key}:dead"),
-            counts: format!("{queue_key}:counts"),
-            stats: format!("{queue_key}:stats"),
-        }
-    }
-
-    /// `{q}:processing:{worker}`.
-    #[must_use]
-    pub fn processing_of(queue_key: &str, worker: &str) -> String {
-        format!("{queue_key}:processing:{worker}")
-    }
-
-    /// `{q}:heartbeat:{worker}`.
-    #[must_use]
-    pub fn heartbeat_of(queue_key: &str, worker: &str) -> String {
-        format!("{queue_key}:heartbeat:{worker}")
-    }
-}
-
-/// Why a queue operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The Redis URL could not be read (the URL in the message has its password removed).
-    #[error("invalid redis url {url}")]
-    Url {
-        /// The URL, password redacted.
-        url: String,
-        /// What the client said.
-        #[source]
-        source: RedisError,
-    },
-    /// No connection could be made.
-    #[error("cannot connect to redis at {url}; check MIGRATE_REDIS_URL (from queue.urlSecretRef)")]
-    Connect {
-        /// The URL, password redacted.
-        url: String,
-        /// What the client said.
-        #[source]
-        source: RedisError,
-    },
-    /// A command or script failed.
-    #[error("redis {command} on {key} failed")]
-    Command {
-        /// The command or script name.
-        command: &'static str,
-        /// The main key it worked on.
-        key: String,
-        /// What Redis or the client said.
-        #[source]
-        source: RedisError,
-    },
-    /// A value stored in Redis is not what this module writes there.
-    #[error("unexpected value in {key}")]
-    Decode {
-        /// The key read.
-        key: String,
-        /// Why it could not be read.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A heartbeat could not be encoded.
-    #[error("cannot encode the heartbeat of worker {worker}")]
-    Encode {
-        /// The worker.
-        worker: String,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-impl QueueError {
-    /// Whether waiting and trying again can help (connection lost, timeout, server loading).
-    #[must_use]
-    pub fn is_transient(&self) -> bool {
-        match self {
-            QueueError::Connect { .. } => true,
-            QueueError::Command { source, .. } => is_transient(source),
-            QueueError::Url { .. } | QueueError::Decode { .. } | QueueError::Encode { .. } => false,
-        }
-    }
-
-    /// A short stable name for logs and metric labels.
-    #[must_use]
-    pub const fn metric_label(&self) -> &'static str {
-        match self {
-            QueueError::Url { .. } => "url",
-            QueueError::Connect { .. } => "connect",
-            QueueError::Command { .. } => "command",
-            QueueError::Decode { .. } => "decode",
-            QueueError::Encode { .. } => "encode",
-        }
-    }
-}
-
-fn is_transient(err: &RedisError) -> bool {
-    err.is_io_error()
-        || err.is_timeout()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || !matches!(err.retry_method(), RetryMethod::NoRetry)
-}
-
-fn command_error<'k>(
-    command: &'static str,
-    key: &'k str,
-) -> impl FnOnce(RedisError) -> QueueError + 'k {
-    move |source| QueueError::Command {
-        command,
-        key: key.to_owned(),
-        source,
-    }
-}
-
-/// Removes the password (and user) from a URL for logs and errors: `redis://:secret@h:1/0`
-/// becomes `redis://***@h:1/0`.
-#[must_use]
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
-        None => url.to_owned(),
-    }
-}
 
 /// Capped exponential backoff with full jitter: each wait is a random duration up to
 /// `min(cap, base * 2^n)`, never below `base / 2`. [`Backoff::reset`] after a success.
@@ -307,351 +149,25 @@ impl Settled {
     }
 }
 
-/// The value of a worker's heartbeat key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// Process id.
-    pub pid: u32,
-    /// Resident set size in bytes.
-    pub rss: u64,
-    /// Tasks finished by this process.
-    pub tasks_done: u64,
-    /// When it was written (RFC 3339).
-    pub at: String,
-}
-
-/// One entry of the dead-letter list `{q}:dead`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadEntry {
-    /// The entry as it was in the queue.
-    pub id: String,
-    /// The stage that gave up (`queue`, `source`, `enrich`, `keywords`, `sink`).
-    pub stage: String,
-    /// Why.
-    pub reason: String,
-    /// Deliveries of the id.
-    pub attempts: u64,
-    /// When (RFC 3339).
-    pub at: String,
-    /// The worker that dead-lettered it.
-    pub worker: String,
-}
-
-/// Ids waiting and ids held by workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Backlog {
-    /// Length of the queue list.
-    pub queued: u64,
-    /// Sum of the processing lists of every worker in `{q}:workers`.
-    pub in_flight: u64,
-}
-
-impl Backlog {
-    /// Queued plus in flight.
-    #[must_use]
-    pub const fn total(&self) -> u64 {
-        self.queued.saturating_add(self.in_flight)
-    }
-}
-
-/// A worker listed in `{q}:workers`, with its heartbeat when it has one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerBeat {
-    /// The worker id.
-    pub worker: String,
-    /// The heartbeat value; `None` when the key expired (the worker is dead).
-    pub heartbeat: Option<Heartbeat>,
-}
-
-// KEYS: processing, counts, stats, attempts. ARGV: id, stats field, then keyword/count pairs.
-static ACK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-for i = 3, #ARGV - 1, 2 do
-  redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
-end
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-redis.call('HDEL', KEYS[4], ARGV[1])
-return 1
-",
-    )
-});
-
-// The dead-letter step shared by the dead-letter and retry scripts. KEYS[1] processing,
-// KEYS[3] stats, KEYS[4] attempts, KEYS[5] dead; ARGV[1] id, ARGV[3..6] stage, reason, at, worker.
-const DEAD_LETTER_LUA: &str = r"
-local function dead_letter()
-  local attempts = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0') or 0
-  local entry = cjson.encode({id = ARGV[1], stage = ARGV[3], reason = ARGV[4],
-    attempts = attempts, at = ARGV[5], worker = ARGV[6]})
-  redis.call('LPUSH', KEYS[5], entry)
-  redis.call('HINCRBY', KEYS[3], 'dead', 1)
-  redis.call('HDEL', KEYS[4], ARGV[1])
-end
-";
-
-// KEYS: processing, queue, stats, attempts, dead. ARGV: id, unused, stage, reason, at, worker.
+// The worker's own scripts, one file each under `lua/` (their KEYS and ARGV are listed at the
+// top of each file). `dead.lua` and `retry.lua` share the dead-letter step of `dead_letter.lua`.
+// The supervisor's requeue script is in `migrate-contract`.
+static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));
 static DEAD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{DEAD_LETTER_LUA}
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-dead_letter()
-return 1
-"
+    Script::new(concat!(
+        include_str!("lua/dead_letter.lua"),
+        include_str!("lua/dead.lua")
     ))
 });
-
-// KEYS: processing, queue, stats, attempts, dead. ARGV: id, max attempts, stage, reason, at,
-// worker. Returns 0 not held, 1 retried, 2 dead-lettered.
 static RETRY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{DEAD_LETTER_LUA}
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-local attempts = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0') or 0
-if attempts >= tonumber(ARGV[2]) then
-  dead_letter()
-  return 2
-end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'retried', 1)
-return 1
-"
+    Script::new(concat!(
+        include_str!("lua/dead_letter.lua"),
+        include_str!("lua/retry.lua")
     ))
 });
-
-// KEYS: processing, counts, stats, attempts. ARGV: n, then per task: id, stats field, pair
-// count, keyword/count pairs. Returns one 0/1 per task: each task is the ACK script on its own.
-static ACK_MANY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local out = {}
-local i = 2
-for t = 1, tonumber(ARGV[1]) do
-  local id, field, pairs = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
-  if redis.call('LREM', KEYS[1], 1, id) == 1 then
-    for j = i, i + 2 * pairs - 1, 2 do
-      redis.call('HINCRBY', KEYS[2], ARGV[j], ARGV[j + 1])
-    end
-    redis.call('HINCRBY', KEYS[3], field, 1)
-    redis.call('HDEL', KEYS[4], id)
-    out[t] = 1
-  else
-    out[t] = 0
-  end
-  i = i + 2 * pairs
-end
-return out
-",
-    )
-});
-
-// KEYS: queue, processing, attempts, workers. ARGV: most ids to take, worker. LMOVEs up to n
-// ids RIGHT -> LEFT (as BLMOVE does) and counts a delivery of each; returns id, attempts, ...
-static TAKE_MANY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local out = {}
-for _ = 1, tonumber(ARGV[1]) do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not id then break end
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HINCRBY', KEYS[3], id, 1)
-end
-if #out > 0 then redis.call('SADD', KEYS[4], ARGV[2]) end
-return out
-",
-    )
-});
-
-// KEYS: processing, queue, workers, attempts. ARGV: worker, give back ("1" or "0"). The
-// processing list has the newest id on the left; RPUSHing from newest to oldest leaves the
-// oldest at the right end, taken first. With give back, each id's delivery is uncounted: a
-// worker that exits gracefully did not fail on the ids it still holds (they waited for MySQL
-// or the search server, or the grace period ended). A worker that dies is requeued by its
-// supervisor without it, so a task that kills its worker still runs out of attempts.
-static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local ids = redis.call('LRANGE', KEYS[1], 0, -1)
-for i = 1, #ids do
-  redis.call('RPUSH', KEYS[2], ids[i])
-  if ARGV[2] == '1' and redis.call('HINCRBY', KEYS[4], ids[i], -1) <= 0 then
-    redis.call('HDEL', KEYS[4], ids[i])
-  end
-end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-return #ids
-",
-    )
-});
-
-/// Moves every id of `worker`'s processing list back to the head of queue `queue_key` (taken
-/// next), deletes the list and removes the worker from `{q}:workers`. One script: running it
-/// twice, or for a worker that never existed, is harmless. Returns the ids moved.
-///
-/// Only call it for a worker that is dead or stopped: a live worker would later find its ids
-/// gone and leave their counting to whoever takes them next (still exactly once).
-///
-/// # Errors
-/// [`QueueError::Command`] when Redis fails.
-pub async fn requeue_worker<C>(
-    conn: &mut C,
-    queue_key: &str,
-    worker: &str,
-) -> Result<u64, QueueError>
-where
-    C: ConnectionLike + Send,
-{
-    let keys = Keys::new(queue_key, worker);
-    requeue(conn, &keys, false).await
-}
-
-/// Runs [`REQUEUE`] for the worker of `keys`, giving back the ids' deliveries or not.
-async fn requeue<C>(conn: &mut C, keys: &Keys, give_back: bool) -> Result<u64, QueueError>
-where
-    C: ConnectionLike + Send,
-{
-    REQUEUE
-        .key(&keys.processing)
-        .key(&keys.queue)
-        .key(&keys.workers)
-        .key(&keys.attempts)
-        .arg(&keys.worker)
-        .arg(if give_back { "1" } else { "0" })
-        .invoke_async::<u64>(conn)
-        .await
-        .map_err(command_error("requeue", &keys.processing))
-}
-
-/// Ids waiting in `queue_key` and ids held in the processing lists of the workers in
-/// `{q}:workers`.
-///
-/// # Errors
-/// [`QueueError::Command`] when Redis fails.
-pub async fn backlog<C>(conn: &mut C, queue_key: &str) -> Result<Backlog, QueueError>
-where
-    C: ConnectionLike + Send,
-{
-    let keys = Keys::new(queue_key, "");
-    let workers: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(&keys.workers)
-        .query_async(conn)
-        .await
-        .map_err(command_error("SMEMBERS", &keys.workers))?;
-    let mut pipe = redis::pipe();
-    pipe.cmd("LLEN").arg(&keys.queue);
-    for worker in &workers {
-        pipe.cmd("LLEN").arg(Keys::processing_of(queue_key, worker));
-    }
-    let lengths: Vec<u64> = pipe
-        .query_async(conn)
-        .await
-        .map_err(command_error("LLEN", &keys.queue))?;
-    let queued = lengths.first().copied().unwrap_or(0);
-    let in_flight = lengths.iter().skip(1).copied().sum();
-    Ok(Backlog { queued, in_flight })
-}
-
-/// The newest `limit` entries of the dead-letter list `{q}:dead`.
-///
-/// # Errors
-/// [`QueueError::Command`] when Redis fails, [`QueueError::Decode`] when an entry is not JSON
-/// of the documented shape.
-pub async fn dead_letters<C>(
-    conn: &mut C,
-    queue_key: &str,
-    limit: usize,
-) -> Result<Vec<DeadEntry>, QueueError>
-where
-    C: ConnectionLike + Send,
-{
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    let keys = Keys::new(queue_key, "");
-    let stop = i64::try_from(limit).unwrap_or(i64::MAX).saturating_sub(1);
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg(&keys.dead)
-        .arg(0)
-        .arg(stop)
-        .query_async(conn)
-        .await
-        .map_err(command_error("LRANGE", &keys.dead))?;
-    raw.iter()
-        .map(|entry| {
-            serde_json::from_str(entry).map_err(|source| QueueError::Decode {
-                key: keys.dead.clone(),
-                source,
-            })
-        })
-        .collect()
-}
-
-/// Every worker in `{q}:workers` with its heartbeat (`None` once the heartbeat expired).
-///
-/// # Errors
-/// [`QueueError::Command`] when Redis fails. A heartbeat that is not valid JSON counts as
-/// present with zeroed fields, so one bad value never hides a live worker.
-pub async fn worker_beats<C>(conn: &mut C, queue_key: &str) -> Result<Vec<WorkerBeat>, QueueError>
-where
-    C: ConnectionLike + Send,
-{
-    let keys = Keys::new(queue_key, "");
-    let mut workers: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(&keys.workers)
-        .query_async(conn)
-        .await
-        .map_err(command_error("SMEMBERS", &keys.workers))?;
-    workers.sort();
-    if workers.is_empty() {
-        return Ok(Vec::new());
-    }
-    let beat_keys: Vec<String> = workers
-        .iter()
-        .map(|w| Keys::heartbeat_of(queue_key, w))
-        .collect();
-    let values: Vec<Option<String>> = redis::cmd("MGET")
-        .arg(&beat_keys)
-        .query_async(conn)
-        .await
-        .map_err(command_error("MGET", &keys.workers))?;
-    Ok(workers
-        .into_iter()
-        .zip(values)
-        .map(|(worker, value)| WorkerBeat {
-            worker,
-            heartbeat: value.map(|v| {
-                serde_json::from_str(&v).unwrap_or(Heartbeat {
-                    pid: 0,
-                    rss: 0,
-                    tasks_done: 0,
-                    at: String::new(),
-                })
-            }),
-        })
-        .collect())
-}
-
-/// The workers of `{q}:workers` whose heartbeat is present, with it.
-///
-/// # Errors
-/// [`QueueError::Command`] when Redis fails.
-pub async fn live_workers<C>(
-    conn: &mut C,
-    queue_key: &str,
-) -> Result<Vec<(String, Heartbeat)>, QueueError>
-where
-    C: ConnectionLike + Send,
-{
-    Ok(worker_beats(conn, queue_key)
-        .await?
-        .into_iter()
-        .filter_map(|w| w.heartbeat.map(|h| (w.worker, h)))
-        .collect())
-}
+static ACK_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ack_many.lua")));
+static TAKE_MANY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/take_many.lua")));
 
 /// The dedicated connection for `BLMOVE`, with its server-side client id (to unblock it).
 struct Blocking {
@@ -1425,20 +941,6 @@ mod tests {
         assert_eq!(k.dead, "jobs:dead");
         assert_eq!(k.counts, "jobs:counts");
         assert_eq!(k.stats, "jobs:stats");
-    }
-
-    #[test]
-    fn urls_lose_their_credentials_in_logs() {
-        assert_eq!(
-            redact_url("redis://:secret@h:6379/0"),
-            "redis://***@h:6379/0"
-        );
-        assert_eq!(
-            redact_url("mysql://u:p@w@db:3306/x?a=b@c"),
-            "mysql://***@db:3306/x?a=b@c"
-        );
-        assert_eq!(redact_url("http://es:9200"), "http://es:9200");
-        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]
