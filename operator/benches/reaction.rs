@@ -32,9 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use local_support::Scenario;
+use migrate_contract::memory::read_rss_of;
 use migrate_crds::TestOnlySpec;
 use migrate_operator::local::LocalJob;
-use migrate_worker::memory::read_rss_of;
 
 /// The supervisor's per-worker limit and thresholds: soft at 60% (~77 MiB), hard at 99%, far
 /// enough apart that a worker never reaches hard before the supervisor acts on soft.

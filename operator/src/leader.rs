@@ -289,7 +289,7 @@ impl LeaderElector {
                     false
                 }
                 Err(e) => {
-                    warn!(error = %crate::controller::chain(&e), "Leader election round failed.");
+                    warn!(error = %migrate_contract::error_chain(&e), "Leader election round failed.");
                     last_renewed.is_some_and(|t| t.elapsed() < self.config.renew_deadline)
                 }
             };
@@ -315,7 +315,7 @@ impl LeaderElector {
         }
         leading.send_replace(false);
         if let Err(e) = self.release().await {
-            warn!(error = %crate::controller::chain(&e), "Could not release the lease.");
+            warn!(error = %migrate_contract::error_chain(&e), "Could not release the lease.");
         }
     }
 }

@@ -9,7 +9,9 @@
 //! The rules, in the order they are applied:
 //! 1. Every exited worker is reaped: its processing list is requeued and its exit is counted
 //!    under a restart reason ([`classify_exit`]). A worker that exited with the configuration
-//!    error code blocks new starts until the spec changes.
+//!    error code blocks new starts until the spec changes. Exit codes, restart reasons and the
+//!    classifier between them are the worker contract's (`migrate_contract::exit`), re-exported
+//!    here.
 //! 2. Drain mode: once the queue is empty and nothing is in flight for the settle period, the
 //!    job is complete; no new worker starts for an empty queue.
 //! 3. Memory: a fresh reading at or above the hard limit kills the worker at once. At or above
@@ -28,93 +30,10 @@
 
 use std::time::Duration;
 
+pub use migrate_contract::exit::{ExitReason, ExitStatus, RestartReason, classify_exit};
 use migrate_crds::memory::{Threshold, ThresholdError};
 use migrate_crds::validate::container_memory_limit;
 use migrate_crds::{MigrateJobSpec, Mode};
-
-/// Why a worker was restarted. The same names are used in status, Events and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RestartReason {
-    /// Drained gracefully after crossing the soft memory limit.
-    MemorySoft,
-    /// Stopped at once after crossing the hard memory limit.
-    MemoryHard,
-    /// Drained after its configured number of tasks.
-    Recycled,
-    /// Killed by the kernel's OOM killer.
-    OomKilled,
-    /// Exited with an unexpected code or signal.
-    Crashed,
-    /// Evicted by its node or the API.
-    Evicted,
-    /// Stopped because fewer workers were needed.
-    ScaledDown,
-    /// Drained and replaced because the job's spec changed since it started.
-    Updated,
-}
-
-impl RestartReason {
-    /// Every reason, in a stable order.
-    pub const ALL: [RestartReason; 8] = [
-        RestartReason::MemorySoft,
-        RestartReason::MemoryHard,
-        RestartReason::Recycled,
-        RestartReason::OomKilled,
-        RestartReason::Crashed,
-        RestartReason::Evicted,
-        RestartReason::ScaledDown,
-        RestartReason::Updated,
-    ];
-
-    /// The reason's name: `memory-soft`, `memory-hard`, `recycled`, `oom-killed`, `crashed`,
-    /// `evicted`, `scaled-down` or `updated`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RestartReason::MemorySoft => "memory-soft",
-            RestartReason::MemoryHard => "memory-hard",
-            RestartReason::Recycled => "recycled",
-            RestartReason::OomKilled => "oom-killed",
-            RestartReason::Crashed => "crashed",
-            RestartReason::Evicted => "evicted",
-            RestartReason::ScaledDown => "scaled-down",
-            RestartReason::Updated => "updated",
-        }
-    }
-
-    /// Parses a reason name.
-    #[must_use]
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == name)
-    }
-}
-
-/// Worker exit codes, as defined by the worker (`migrate_worker::exit::ExitReason`).
-pub mod exit_code {
-    /// Drained on request, or the queue was empty in drain mode.
-    pub const DRAINED: i32 = 0;
-    /// Drained itself after crossing its soft memory limit.
-    pub const MEMORY_SOFT: i32 = 10;
-    /// Stopped itself after crossing its hard memory limit.
-    pub const MEMORY_HARD: i32 = 11;
-    /// Drained itself after its configured number of tasks.
-    pub const RECYCLED: i32 = 12;
-    /// The configuration is wrong; restarting will not help.
-    pub const CONFIG: i32 = 78;
-}
-
-/// How a worker ended, as its backend saw it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExitStatus {
-    /// Exit code, when it exited normally.
-    pub code: Option<i32>,
-    /// Signal that ended it, when one did.
-    pub signal: Option<i32>,
-    /// The kernel's OOM killer ended it (Kubernetes reason `OOMKilled`).
-    pub oom_killed: bool,
-    /// It was evicted.
-    pub evicted: bool,
-}
 
 /// What a worker is doing, as far as the supervisor knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,27 +305,6 @@ impl Settings {
     }
 }
 
-/// The restart reason for an exited worker: what the kernel or the worker said first, then what
-/// the supervisor asked for. `None` means it finished normally (not a restart).
-#[must_use]
-pub fn classify_exit(status: &ExitStatus, asked: Option<RestartReason>) -> Option<RestartReason> {
-    if status.oom_killed {
-        return Some(RestartReason::OomKilled);
-    }
-    if status.evicted {
-        return Some(RestartReason::Evicted);
-    }
-    match status.code {
-        Some(exit_code::MEMORY_SOFT) => Some(RestartReason::MemorySoft),
-        Some(exit_code::MEMORY_HARD) => Some(RestartReason::MemoryHard),
-        Some(exit_code::RECYCLED) => Some(RestartReason::Recycled),
-        Some(exit_code::DRAINED) => asked,
-        // A signal we sent (hard kill) carries the reason we sent it for.
-        None if asked.is_some() => asked,
-        _ => Some(RestartReason::Crashed),
-    }
-}
-
 /// Decides what to do now. Pure: the same inputs give the same decision.
 #[must_use]
 pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -> Decision {
@@ -417,7 +315,7 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
     // 1. Reap what exited.
     for w in &obs.workers {
         if let WorkerState::Exited { status, asked } = &w.state {
-            if status.code == Some(exit_code::CONFIG) {
+            if status.code == Some(ExitReason::Config.code()) {
                 state.config_error = true;
                 actions.push(Action::Report(Report::ConfigError {
                     worker: w.name.clone(),

@@ -625,6 +625,48 @@ fn exited_workers_are_reaped_with_their_reason() {
     }
 }
 
+/// Every exit code the worker defines reaches the policy as the reason the worker meant: the
+/// restart reason of the same name, none for a plain drain (nothing asked), `crashed` for a
+/// fatal or configuration error, and the configuration error also stops new starts.
+#[test]
+fn every_worker_exit_code_round_trips_through_the_classifier() {
+    for reason in ExitReason::ALL {
+        let status = ExitStatus {
+            code: Some(reason.code()),
+            ..ExitStatus::default()
+        };
+        assert_eq!(ExitReason::from_code(reason.code()), Some(reason));
+        let classified = classify_exit(&status, None);
+        match reason {
+            ExitReason::Drained => assert_eq!(classified, None, "{reason:?}"),
+            ExitReason::Config => assert_eq!(classified, Some(RestartReason::Crashed)),
+            _ => assert_eq!(
+                classified.map(RestartReason::as_str),
+                Some(reason.as_str()),
+                "{reason:?} is counted under another name than the worker writes"
+            ),
+        }
+        let mut w = worker("x");
+        w.state = WorkerState::Exited {
+            status,
+            asked: None,
+        };
+        let d = run(&settings(), &obs(vec![w], 50));
+        assert!(
+            d.actions.contains(&Action::Reap {
+                worker: "x".to_owned(),
+                reason: classified
+            }),
+            "{reason:?}: {:?}",
+            d.actions
+        );
+        assert_eq!(
+            d.state.config_error,
+            reason == ExitReason::Config,
+            "{reason:?}"
+        );
+    }
+}
 #[test]
 fn an_oom_kill_is_reported_with_the_last_reading() {
     let mut w = using(worker("x"), 990);

@@ -213,7 +213,7 @@ async fn a_signal_drains_every_worker_and_leaves_nothing_in_flight() {
         assert_eq!((w.exit_code, w.reason.as_deref()), (Some(0), None), "{w:?}");
     }
     let mut conn = scenario.redis().await;
-    let backlog = migrate_worker::queue::backlog(&mut conn, &scenario.queue)
+    let backlog = migrate_contract::queue::backlog(&mut conn, &scenario.queue)
         .await
         .unwrap();
     assert_eq!(backlog.in_flight, 0, "no id may stay in a processing list");

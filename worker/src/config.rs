@@ -21,6 +21,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use migrate_contract::env;
 use migrate_crds::MigrateJobSpec;
 use migrate_crds::pipeline::PipelineError;
 use migrate_crds::validate::ValidationError;
@@ -45,7 +46,7 @@ pub struct EnvArgs {
     /// Redis URL of the queue, e.g. redis://:password@redis:6379/0 (required).
     #[arg(
         long,
-        env = "MIGRATE_REDIS_URL",
+        env = env::REDIS_URL,
         hide_env_values = true,
         value_name = "URL"
     )]
@@ -53,7 +54,7 @@ pub struct EnvArgs {
     /// MySQL URL of the source, e.g. mysql://user:password@mysql:3306/db (required).
     #[arg(
         long,
-        env = "MIGRATE_MYSQL_URL",
+        env = env::MYSQL_URL,
         hide_env_values = true,
         value_name = "URL"
     )]
@@ -61,7 +62,7 @@ pub struct EnvArgs {
     /// Elasticsearch/OpenSearch URL, e.g. https://search:9200 (required).
     #[arg(
         long,
-        env = "MIGRATE_SEARCH_URL",
+        env = env::SEARCH_URL,
         hide_env_values = true,
         value_name = "URL"
     )]
@@ -69,7 +70,7 @@ pub struct EnvArgs {
     /// Basic-auth user of the search endpoint.
     #[arg(
         long,
-        env = "MIGRATE_SEARCH_USERNAME",
+        env = env::SEARCH_USERNAME,
         hide_env_values = true,
         value_name = "USER"
     )]
@@ -77,18 +78,18 @@ pub struct EnvArgs {
     /// Basic-auth password of the search endpoint.
     #[arg(
         long,
-        env = "MIGRATE_SEARCH_PASSWORD",
+        env = env::SEARCH_PASSWORD,
         hide_env_values = true,
         value_name = "PASSWORD"
     )]
     pub search_password: Option<String>,
     /// This worker's id in the Redis keys [default: host name and pid].
-    #[arg(long, env = "MIGRATE_WORKER_ID", value_name = "ID")]
+    #[arg(long, env = env::WORKER_ID, value_name = "ID")]
     pub worker_id: Option<String>,
     /// Folder holding the keyword files named by the pipeline.
     #[arg(
         long,
-        env = "MIGRATE_KEYWORDS_DIR",
+        env = env::KEYWORDS_DIR,
         default_value = "/etc/migrate/keywords",
         value_name = "DIR"
     )]
@@ -96,14 +97,14 @@ pub struct EnvArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(
         long,
-        env = "MIGRATE_LISTEN",
+        env = env::LISTEN,
         default_value = "0.0.0.0:9000",
         value_name = "ADDR"
     )]
     pub listen: Option<SocketAddr>,
     /// Memory limit the soft and hard thresholds refer to, in bytes or as a quantity such as
     /// 512Mi [default: the cgroup's memory.max, else workers.resources.limits.memory].
-    #[arg(long, env = "MIGRATE_MEMORY_LIMIT_BYTES", value_name = "BYTES")]
+    #[arg(long, env = env::MEMORY_LIMIT_BYTES, value_name = "BYTES")]
     pub memory_limit_bytes: Option<String>,
 }
 
@@ -271,26 +272,18 @@ impl WorkerConfig {
         pipeline_path: PathBuf,
         env: EnvArgs,
     ) -> Result<Self, ConfigError> {
-        let redis_url = required(
-            env.redis_url,
-            "MIGRATE_REDIS_URL",
-            "the Redis URL of the queue",
-        )?;
-        let mysql_url = required(
-            env.mysql_url,
-            "MIGRATE_MYSQL_URL",
-            "the MySQL URL of the source",
-        )?;
+        let redis_url = required(env.redis_url, env::REDIS_URL, "the Redis URL of the queue")?;
+        let mysql_url = required(env.mysql_url, env::MYSQL_URL, "the MySQL URL of the source")?;
         let search_url = required(
             env.search_url,
-            "MIGRATE_SEARCH_URL",
+            env::SEARCH_URL,
             "the URL of the search index",
         )?;
         let search_username = env.search_username.filter(|u| !u.is_empty());
         let search_password = env.search_password.filter(|p| !p.is_empty());
         if search_username.is_some() != search_password.is_some() {
             return Err(ConfigError::Malformed {
-                variable: "MIGRATE_SEARCH_USERNAME",
+                variable: env::SEARCH_USERNAME,
                 message: "MIGRATE_SEARCH_USERNAME and MIGRATE_SEARCH_PASSWORD must be set together"
                     .to_owned(),
             });
@@ -304,7 +297,7 @@ impl WorkerConfig {
             .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(ConfigError::Malformed {
-                variable: "MIGRATE_WORKER_ID",
+                variable: env::WORKER_ID,
                 message: format!("{worker_id:?} contains white space or control characters"),
             });
         }
@@ -317,7 +310,7 @@ impl WorkerConfig {
                 migrate_crds::memory::parse_quantity_bytes(text)
                     .filter(|b| *b > 0)
                     .ok_or_else(|| ConfigError::Malformed {
-                        variable: "MIGRATE_MEMORY_LIMIT_BYTES",
+                        variable: env::MEMORY_LIMIT_BYTES,
                         message: format!(
                             "{text:?} is not a size in bytes (e.g. 1073741824 or 1Gi)"
                         ),

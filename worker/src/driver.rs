@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use migrate_contract::error_chain;
 use migrate_crds::{MissingRowPolicy, Mode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -113,22 +114,6 @@ pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
         token.cancel();
     });
     Ok(())
-}
-
-/// The flattened error chain: `outer: inner: innermost`.
-#[must_use]
-pub fn error_chain(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The recycle count of this process: `after` spread by up to `jitter_percent` either way.
@@ -1303,15 +1288,6 @@ mod tests {
         }
         assert_eq!(recycle_target(1_000, 0), 1_000);
         assert_eq!(recycle_target(1, 50), 1);
-    }
-
-    #[test]
-    fn error_chains_are_flattened_without_repeats() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Outer(#[source] std::io::Error);
-        let e = Outer(std::io::Error::other("inner cause"));
-        assert_eq!(error_chain(&e), "outer: inner cause");
     }
 
     #[test]

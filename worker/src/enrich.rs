@@ -20,6 +20,7 @@
 
 use std::time::Duration;
 
+use migrate_contract::error_chain;
 use migrate_crds::{EnrichEndpoint, EnrichFailurePolicy};
 use rand::Rng as _;
 use reqwest::StatusCode;
@@ -417,19 +418,6 @@ fn excerpt(bytes: &[u8]) -> String {
         out.push('…');
     }
     out
-}
-
-/// An error and its causes in one line (reqwest's own message hides the cause: "error sending
-/// request" says nothing of a refused connection).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn json_kind(value: &Json) -> &'static str {

@@ -1,7 +1,7 @@
-//! The worker's Prometheus metrics (names in `docs/architecture.md`, "Metric names"), their
-//! OpenMetrics text encoding, and a parser of that text for supervisors that scrape workers.
+//! The worker's Prometheus metrics (names in `docs/architecture.md`, "Metric names") and their
+//! OpenMetrics text encoding. The parser of that text, [`parse_text`], is the supervisors'
+//! and lives in `migrate-contract`.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+pub use migrate_contract::metrics::parse_text;
 
 use crate::memory::{MemoryState, read_cgroup, read_rss, retained_all};
 use crate::stage::Stage;
@@ -258,57 +260,6 @@ impl WorkerMetrics {
     }
 }
 
-/// Reads the Prometheus/OpenMetrics text format into `name{labels}` → value, keys exactly as
-/// rendered (e.g. `migrate_tasks_total{outcome="indexed"}`, `migrate_in_flight`). Comment and
-/// blank lines are skipped, as are lines that do not parse; timestamps and exemplars after the
-/// value are ignored.
-#[must_use]
-pub fn parse_text(text: &str) -> HashMap<String, f64> {
-    text.lines().filter_map(parse_line).collect()
-}
-
-fn parse_line(line: &str) -> Option<(String, f64)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let key_end = match (line.find('{'), line.find(char::is_whitespace)) {
-        (Some(brace), space) if space.is_none_or(|s| brace < s) => {
-            brace + labels_len(&line[brace..])?
-        }
-        (_, Some(space)) => space,
-        (_, None) => return None,
-    };
-    let (key, rest) = line.split_at(key_end);
-    let value = parse_value(rest.split_whitespace().next()?)?;
-    Some((key.to_owned(), value))
-}
-
-/// Length of the `{...}` at the start of `text`, skipping braces inside quoted values.
-fn labels_len(text: &str) -> Option<usize> {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for (i, c) in text.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if in_quotes => escaped = true,
-            '"' => in_quotes = !in_quotes,
-            '}' if !in_quotes => return Some(i + 1),
-            _ => {}
-        }
-    }
-    None
-}
-
-fn parse_value(text: &str) -> Option<f64> {
-    match text {
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        "NaN" => Some(f64::NAN),
-        _ => text.parse().ok(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,28 +384,5 @@ mod tests {
         m.refresh_retained();
         let v = parse_text(&m.encode());
         assert!(v["migrate_process_resident_memory_bytes"] > 0.0);
-    }
-
-    #[test]
-    fn the_parser_skips_comments_and_handles_quoted_braces_timestamps_and_specials() {
-        let text = "\
-# HELP x Something.
-# TYPE x gauge
-
-x 1
-y{a=\"b c\",d=\"}{\\\"\"} 2.5 1700000000
-z_bucket{le=\"+Inf\"} 3 # {trace_id=\"1\"} 0.5
-nan NaN
-neg -Inf
-broken{a=\"1\" 4
-novalue
-";
-        let v = parse_text(text);
-        assert_eq!(v.len(), 5, "{v:?}");
-        assert_eq!(v["x"], 1.0);
-        assert_eq!(v[r#"y{a="b c",d="}{\""}"#], 2.5);
-        assert_eq!(v[r#"z_bucket{le="+Inf"}"#], 3.0);
-        assert!(v["nan"].is_nan());
-        assert_eq!(v["neg"], f64::NEG_INFINITY);
     }
 }

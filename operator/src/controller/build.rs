@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use migrate_contract::env as worker_env;
 use migrate_crds::pipeline::{PipelineError, to_yaml};
 use migrate_crds::{MigrateJob, MigrateJobSpec, SecretKeyRef};
 
@@ -311,18 +312,18 @@ pub fn worker_pod(job: &MigrateJob, secrets: &SecretVersions) -> Result<Pod, Bui
     let port = workers.metrics_port;
 
     let mut env = vec![
-        secret_env("MIGRATE_REDIS_URL", &spec.queue.url_secret_ref),
-        secret_env("MIGRATE_MYSQL_URL", &spec.source.url_secret_ref),
-        secret_env("MIGRATE_SEARCH_URL", &spec.sink.url_secret_ref),
+        secret_env(worker_env::REDIS_URL, &spec.queue.url_secret_ref),
+        secret_env(worker_env::MYSQL_URL, &spec.source.url_secret_ref),
+        secret_env(worker_env::SEARCH_URL, &spec.sink.url_secret_ref),
     ];
     if let Some(user) = &spec.sink.username_secret_ref {
-        env.push(secret_env("MIGRATE_SEARCH_USERNAME", user));
+        env.push(secret_env(worker_env::SEARCH_USERNAME, user));
     }
     if let Some(password) = &spec.sink.password_secret_ref {
-        env.push(secret_env("MIGRATE_SEARCH_PASSWORD", password));
+        env.push(secret_env(worker_env::SEARCH_PASSWORD, password));
     }
     env.push(EnvVar {
-        name: "MIGRATE_WORKER_ID".to_owned(),
+        name: worker_env::WORKER_ID.to_owned(),
         value: None,
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
@@ -332,10 +333,10 @@ pub fn worker_pod(job: &MigrateJob, secrets: &SecretVersions) -> Result<Pod, Bui
             ..EnvVarSource::default()
         }),
     });
-    env.push(plain_env("MIGRATE_LISTEN", format!("0.0.0.0:{port}")));
-    env.push(plain_env("MIGRATE_KEYWORDS_DIR", KEYWORDS_DIR.to_owned()));
+    env.push(plain_env(worker_env::LISTEN, format!("0.0.0.0:{port}")));
+    env.push(plain_env(worker_env::KEYWORDS_DIR, KEYWORDS_DIR.to_owned()));
     env.push(plain_env(
-        "MIGRATE_TERMINATION_LOG",
+        worker_env::TERMINATION_LOG,
         TERMINATION_MESSAGE_PATH.to_owned(),
     ));
     let has_memory_limit = workers
@@ -345,7 +346,7 @@ pub fn worker_pod(job: &MigrateJob, secrets: &SecretVersions) -> Result<Pod, Bui
         .is_some_and(|l| l.contains_key("memory"));
     if has_memory_limit {
         env.push(EnvVar {
-            name: "MIGRATE_MEMORY_LIMIT_BYTES".to_owned(),
+            name: worker_env::MEMORY_LIMIT_BYTES.to_owned(),
             value: None,
             value_from: Some(EnvVarSource {
                 resource_field_ref: Some(ResourceFieldSelector {

@@ -217,7 +217,7 @@ pub async fn publish(recorder: &Recorder, regarding: &ObjectReference, note: Not
         }),
     };
     if let Err(e) = recorder.publish(&event, regarding).await {
-        warn!(reason = %note.reason, error = %super::chain(&e), "Could not publish an Event.");
+        warn!(reason = %note.reason, error = %migrate_contract::error_chain(&e), "Could not publish an Event.");
     }
 }
 

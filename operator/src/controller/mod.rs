@@ -68,6 +68,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use migrate_contract::error_chain;
 use migrate_crds::{LastRestart, MemorySource, MigrateJob, Phase};
 use tokio::sync::watch;
 use tracing::{Instrument as _, debug, error, info, info_span, instrument, warn};
@@ -208,19 +209,6 @@ impl Error {
             Error::Requeue { .. } => "requeue",
         }
     }
-}
-
-/// An error and its sources, `: `-separated, for logs.
-#[must_use]
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// What the controller remembers of one job between reconciliations.
@@ -453,7 +441,7 @@ pub fn error_policy(
     let failures = ctx.failed(&key);
     let delay =
         Duration::from_secs(1u64 << failures.min(6).saturating_sub(1)).min(Duration::from_secs(60));
-    warn!(job = %key, kind = error.metric_label(), failures, retry_in = ?delay, error = %chain(error), "Reconciliation failed.");
+    warn!(job = %key, kind = error.metric_label(), failures, retry_in = ?delay, error = %error_chain(error), "Reconciliation failed.");
     Action::requeue(delay)
 }
 
@@ -544,7 +532,7 @@ async fn cleanup(
             | ObserveError::RedisUrl(_)),
         ) => {
             // Without a Redis URL nothing can be requeued, now or later: say so and let go.
-            warn!(error = %chain(&e), "Cannot requeue in-flight ids on deletion.");
+            warn!(error = %error_chain(&e), "Cannot requeue in-flight ids on deletion.");
             events::publish(
                 &ctx.recorder,
                 &regarding,
@@ -650,7 +638,7 @@ async fn scrape_pods(
                 mem.readings.insert(name, reading);
             }
             Err(e) => {
-                debug!(pod = %name, error = %chain(&e), "Worker metrics unreachable; its reading ages.")
+                debug!(pod = %name, error = %error_chain(&e), "Worker metrics unreachable; its reading ages.")
             }
         }
     }
@@ -697,8 +685,8 @@ async fn read_pod_metrics(
     {
         Ok(found) => found,
         Err(e) => {
-            debug!(error = %chain(&e), "PodMetrics unavailable; memory readings age.");
-            return Some(chain(&e));
+            debug!(error = %error_chain(&e), "PodMetrics unavailable; memory readings age.");
+            return Some(error_chain(&e));
         }
     };
     let (wall, now) = (Timestamp::now(), Instant::now());
@@ -725,7 +713,9 @@ fn retained_sample(reading: &Scraped) -> RetainedSample {
         retained: reading
             .retained
             .iter()
-            .map(|(stage, &b)| (stage.clone(), i64::try_from(b).unwrap_or(i64::MAX)))
+            // A stage below zero counts from zero here, as this path always has (the local
+            // supervisor keeps the sign); only the growth between two samples is used.
+            .map(|(stage, &b)| (stage.clone(), b.max(0)))
             .collect(),
     }
 }
@@ -898,7 +888,7 @@ async fn reconcile_job(
                 Ok(0) => {}
                 Ok(ids) => record_requeue(ctx, mem, &regarding, holder, ids).await,
                 Err(e) => {
-                    warn!(worker = %holder, error = %chain(&e), "Could not requeue a vanished worker's ids; retrying next round.")
+                    warn!(worker = %holder, error = %error_chain(&e), "Could not requeue a vanished worker's ids; retrying next round.")
                 }
             }
         }
@@ -922,7 +912,7 @@ async fn reconcile_job(
     )
     .await;
     if let Err(e) = &secrets {
-        warn!(error = %chain(e), "Cannot read the workers' Secrets' versions; no worker is rolled for them this round.");
+        warn!(error = %error_chain(e), "Cannot read the workers' Secrets' versions; no worker is rolled for them this round.");
     }
     let template_hash = match &secrets {
         Ok(versions) => build::template_hash(job, versions).unwrap_or_default(),
@@ -994,7 +984,7 @@ async fn reconcile_job(
                 Ok(0) => {}
                 Ok(ids) => record_requeue(ctx, mem, &regarding, worker, ids).await,
                 Err(e) => {
-                    warn!(worker = %worker, error = %chain(&e), "Could not requeue an ended worker's ids; retrying once Redis answers.")
+                    warn!(worker = %worker, error = %error_chain(&e), "Could not requeue an ended worker's ids; retrying once Redis answers.")
                 }
             }
         }
@@ -1286,7 +1276,7 @@ fn redis_problem(job: &MigrateJob, e: &ObserveError) -> Problem {
         ),
         other => format!(
             "the queue cannot be read ({}); the worker count stays as it is until Redis answers",
-            chain(other)
+            error_chain(other)
         ),
     };
     Problem::new(e.reason(), message)
@@ -1480,7 +1470,7 @@ async fn run_controller(
             match result {
                 Ok((object, _)) => debug!(job = %object.name, "Reconciled."),
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                Err(e) => error!(error = %chain(&e), "Controller error."),
+                Err(e) => error!(error = %error_chain(&e), "Controller error."),
             }
         })
         .instrument(info_span!("controller"));

@@ -19,9 +19,10 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::Api;
+use migrate_contract::Keys;
+use migrate_contract::metrics::{self as names, parse_text, retained_bytes};
+use migrate_contract::queue::{QueueError, backlog, redact_url, requeue_worker};
 use migrate_crds::SecretKeyRef;
-use migrate_worker::metrics::parse_text;
-use migrate_worker::queue::{Keys, QueueError, backlog, requeue_worker};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
@@ -87,7 +88,7 @@ pub enum ObserveError {
     Queue {
         /// The queue key.
         queue: String,
-        /// The worker crate's error.
+        /// The queue contract's error.
         #[source]
         source: QueueError,
     },
@@ -196,7 +197,7 @@ impl RedisQueues {
         .await
         .map_err(|_| ObserveError::Timeout(REDIS_TIMEOUT * 2))?
         .map_err(|source| ObserveError::RedisConnect {
-            url: migrate_worker::queue::redact_url(url),
+            url: redact_url(url),
             source,
         })?;
         if cache.len() >= MAX_CONNECTIONS {
@@ -461,8 +462,9 @@ pub struct Scraped {
     pub tasks_done: u64,
     /// Its own count of tasks in flight.
     pub in_flight: u64,
-    /// Retained bytes per pipeline stage.
-    pub retained: BTreeMap<String, u64>,
+    /// Retained bytes per pipeline stage (signed: see
+    /// [`retained_bytes`](migrate_contract::metrics::retained_bytes)).
+    pub retained: BTreeMap<String, i64>,
     /// When it was read (our monotonic clock).
     pub at: Instant,
 }
@@ -478,24 +480,28 @@ fn gauge(values: &HashMap<String, f64>, key: &str) -> Option<u64> {
 #[must_use]
 pub fn parse_scrape(text: &str, at: Instant) -> Scraped {
     let values = parse_text(text);
-    let rss = gauge(&values, "migrate_process_resident_memory_bytes").unwrap_or(0);
-    let limit = gauge(&values, "migrate_cgroup_memory_limit_bytes").filter(|l| *l > 0);
+    let rss = gauge(&values, names::RESIDENT_MEMORY_BYTES).unwrap_or(0);
+    let limit = gauge(&values, names::CGROUP_LIMIT_BYTES).filter(|l| *l > 0);
     // The cgroup's working set, as the worker compares it (and as the kubelet and the OOM
     // killer see it: reclaimable page cache is left out); `memory.current` from a worker that
     // does not export the working set. A container's own cgroup is never charged more than
     // its limit (the kernel reclaims or OOM-kills first): a larger `memory.current` is a
     // cgroup shared with other processes (a worker outside a pod cgroup of its own), not this
     // worker's memory, and neither figure of it is used.
-    let current = gauge(&values, "migrate_cgroup_memory_bytes");
+    let current = gauge(&values, names::CGROUP_MEMORY_BYTES);
     let shared = current.is_some_and(|c| limit.is_some_and(|l| c > l));
-    let cgroup = gauge(&values, "migrate_cgroup_memory_working_set_bytes")
+    let cgroup = gauge(&values, names::CGROUP_WORKING_SET_BYTES)
         .or(current)
         .filter(|c| !shared && limit.is_none_or(|l| *c <= l))
         .unwrap_or(0);
-    let tasks_done = gauge(&values, "migrate_tasks_done").unwrap_or_else(|| {
+    let tasks_done = gauge(&values, names::TASKS_DONE).unwrap_or_else(|| {
         values
             .iter()
-            .filter(|(k, _)| k.starts_with("migrate_tasks_total{") && !k.contains("\"retried\""))
+            .filter(|(k, _)| {
+                k.strip_prefix(names::TASKS_TOTAL)
+                    .is_some_and(|labels| labels.starts_with('{'))
+                    && !k.contains("\"retried\"")
+            })
             .map(|(_, v)| {
                 if v.is_finite() && *v > 0.0 {
                     *v as u64
@@ -505,28 +511,12 @@ pub fn parse_scrape(text: &str, at: Instant) -> Scraped {
             })
             .sum()
     });
-    let retained = values
-        .iter()
-        .filter_map(|(k, v)| {
-            let stage = k
-                .strip_prefix("migrate_stage_retained_bytes{stage=\"")?
-                .strip_suffix("\"}")?;
-            Some((
-                stage.to_owned(),
-                if v.is_finite() && *v > 0.0 {
-                    *v as u64
-                } else {
-                    0
-                },
-            ))
-        })
-        .collect();
     Scraped {
         usage_bytes: rss.max(cgroup),
         limit_bytes: limit,
         tasks_done,
-        in_flight: gauge(&values, "migrate_in_flight").unwrap_or(0),
-        retained,
+        in_flight: gauge(&values, names::IN_FLIGHT).unwrap_or(0),
+        retained: retained_bytes(&values),
         at,
     }
 }

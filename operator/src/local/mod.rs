@@ -67,12 +67,12 @@ pub struct LocalArgs {
     pub log_dir: PathBuf,
     /// Folder of the keyword files named by the job [default: the folder keywords.configMap
     /// names, next to the job file].
-    #[arg(long, env = "MIGRATE_KEYWORDS_DIR", value_name = "DIR")]
+    #[arg(long, env = migrate_contract::env::KEYWORDS_DIR, value_name = "DIR")]
     pub keywords_dir: Option<PathBuf>,
     /// Redis URL of the queue, e.g. redis://127.0.0.1:6379/0; the workers get it too.
     #[arg(
         long,
-        env = "MIGRATE_REDIS_URL",
+        env = migrate_contract::env::REDIS_URL,
         hide_env_values = true,
         value_name = "URL"
     )]

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use migrate_worker::memory::{read_cgroup_of, read_rss_of};
-use migrate_worker::metrics::parse_text;
+use migrate_contract::memory::{read_cgroup_of, read_rss_of};
+use migrate_contract::metrics::{self as names, parse_text, retained_bytes};
 
 /// What one scrape of `/metrics` gave.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,30 +28,16 @@ pub fn parse_metrics(text: &str) -> Scraped {
             .filter(|v| v.is_finite())
             .map(|&v| if v <= 0.0 { 0 } else { to_u64(v) })
     };
-    let retained = values
-        .iter()
-        .filter_map(|(key, &v)| {
-            let stage = key
-                .strip_prefix("migrate_stage_retained_bytes{stage=\"")?
-                .strip_suffix("\"}")?;
-            v.is_finite().then(|| (stage.to_owned(), to_i64(v)))
-        })
-        .collect();
     Scraped {
-        in_flight: count("migrate_in_flight"),
-        tasks_done: count("migrate_tasks_done"),
-        retained,
+        in_flight: count(names::IN_FLIGHT),
+        tasks_done: count(names::TASKS_DONE),
+        retained: retained_bytes(&values),
     }
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // finite, non-negative, saturating
 fn to_u64(v: f64) -> u64 {
     v.round().min(u64::MAX as f64) as u64
-}
-
-#[allow(clippy::cast_possible_truncation)] // finite, saturating
-fn to_i64(v: f64) -> i64 {
-    v.round().clamp(i64::MIN as f64, i64::MAX as f64) as i64
 }
 
 /// The result of one round of HTTP checks of a worker: `None` where a request failed or took

@@ -7,6 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use migrate_contract::env as worker_env;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -132,19 +133,19 @@ impl WorkerProcess {
             .arg("run")
             .arg("--pipeline")
             .arg(launch.pipeline(leaky))
-            .env("MIGRATE_WORKER_ID", id)
-            .env("MIGRATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("MIGRATE_REDIS_URL", &launch.redis_url)
+            .env(worker_env::WORKER_ID, id)
+            .env(worker_env::LISTEN, format!("127.0.0.1:{port}"))
+            .env(worker_env::REDIS_URL, &launch.redis_url)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .process_group(0)
             .kill_on_drop(true);
         if let Some(limit) = launch.memory_limit {
-            command.env("MIGRATE_MEMORY_LIMIT_BYTES", limit.to_string());
+            command.env(worker_env::MEMORY_LIMIT_BYTES, limit.to_string());
         }
         if let Some(dir) = &launch.keywords_dir {
-            command.env("MIGRATE_KEYWORDS_DIR", dir);
+            command.env(worker_env::KEYWORDS_DIR, dir);
         }
         let spawn_error = |source| ProcessError::Spawn {
             worker: id.to_owned(),

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use migrate_worker::queue;
+use migrate_contract::queue;
 use nix::sys::signal::Signal;
 use redis::aio::ConnectionManager;
 use tracing::{debug, error, info, warn};
@@ -647,7 +647,7 @@ impl Supervisor {
             }
             if w.exit
                 .as_ref()
-                .is_some_and(|e| e.code == Some(policy::exit_code::CONFIG))
+                .is_some_and(|e| e.code == Some(policy::ExitReason::Config.code()))
             {
                 error!(worker = %id, log = %w.process.log.display(), "Worker refused its configuration (exit 78); see its log.");
                 self.config_error_log = Some(w.process.log.clone());

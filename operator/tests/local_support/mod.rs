@@ -203,7 +203,7 @@ impl Scenario {
             "summary stats"
         );
         let mut conn = self.redis().await;
-        let backlog = migrate_worker::queue::backlog(&mut conn, &self.queue)
+        let backlog = migrate_contract::queue::backlog(&mut conn, &self.queue)
             .await
             .expect("the backlog");
         assert_eq!(

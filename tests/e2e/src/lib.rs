@@ -39,13 +39,4 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> ! {
 }
 
 /// Renders an error with its chain of sources, `outer: inner: innermost`.
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub(crate) use migrate_contract::error_chain as chain;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use migrate_contract::error_chain;
 use migrate_crds::KeywordsSpec;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -176,16 +177,4 @@ fn poll(spec: &KeywordsSpec, dir: &std::path::Path, seen: Option<u64>) -> Poll {
         }
         Err(error) => Poll::Failed { error, fingerprint },
     }
-}
-
-/// The error and its sources, joined with ": ".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        out.push_str(": ");
-        out.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    out
 }

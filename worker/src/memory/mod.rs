@@ -2,7 +2,8 @@
 //!
 //! - [`read_rss`] / [`read_rss_of`]: resident memory from `/proc/<pid>/statm`.
 //! - [`read_cgroup`] / [`read_cgroup_of`]: `memory.current` and `memory.max` of the process's
-//!   cgroup (v2; the v1 memory controller where only that is mounted).
+//!   cgroup (v2; the v1 memory controller where only that is mounted). These readers belong to
+//!   `migrate-contract` (the local supervisor reads its workers with them) and are re-exported.
 //! - [`CountingAlloc`]: a global allocator that counts, per pipeline stage, the bytes allocated
 //!   while the stage ran and not yet freed ([`retained_bytes`], [`retained_all`]). A stage is
 //!   entered with [`enter_stage`] (synchronous code) or [`in_stage`] (a future). The binary
@@ -28,14 +29,13 @@
 //! ```
 
 mod alloc;
-mod cgroup;
-mod rss;
 mod scope;
 mod watch;
 
 pub use alloc::{CountingAlloc, retained_all, retained_bytes, retained_unstaged};
-pub use cgroup::{CgroupMemory, read_cgroup, read_cgroup_of};
-pub use rss::{read_rss, read_rss_of};
+pub use migrate_contract::memory::{
+    CgroupMemory, read_cgroup, read_cgroup_of, read_rss, read_rss_of,
+};
 pub use scope::{StageGuard, Staged, current_stage, enter_stage, in_stage};
 pub use watch::{
     LIMIT_ENV, Level, LimitSource, MemoryError, MemoryLimits, MemoryState, MemoryWatch, assess,

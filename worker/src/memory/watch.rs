@@ -19,17 +19,15 @@
 
 use std::time::Duration;
 
+use migrate_contract::memory::{CgroupMemory, read_cgroup, read_rss};
 use migrate_crds::MigrateJobSpec;
 use migrate_crds::memory::parse_quantity_bytes;
 use migrate_crds::validate::{ValidationError, container_memory_limit, resolve_memory_with_limit};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::cgroup::{CgroupMemory, read_cgroup};
-use super::rss::read_rss;
-
 /// The environment variable that overrides the memory limit (bytes or a quantity like `512Mi`).
-pub const LIMIT_ENV: &str = "MIGRATE_MEMORY_LIMIT_BYTES";
+pub const LIMIT_ENV: &str = migrate_contract::env::MEMORY_LIMIT_BYTES;
 
 /// Why the memory thresholds could not be resolved.
 #[derive(Debug, thiserror::Error)]

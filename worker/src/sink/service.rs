@@ -27,6 +27,7 @@ use elasticsearch::http::headers::{HeaderMap, HeaderValue, USER_AGENT};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::{Method, Url};
 use elasticsearch::{BulkParts, Elasticsearch};
+use migrate_contract::error_chain;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -387,7 +388,7 @@ impl Sink {
                 let reason = format!(
                     "bulk request to {} failed (check MIGRATE_SEARCH_URL): {}",
                     self.url,
-                    chain(&e)
+                    error_chain(&e)
                 );
                 // Never connected: the server is down or elsewhere, not hurt by this body.
                 return if is_connect_error(&e) {
@@ -406,7 +407,7 @@ impl Sink {
             Err(e) => {
                 return Ok(Answer::Retry(format!(
                     "reading the bulk response (HTTP {status}) failed: {}",
-                    chain(&e)
+                    error_chain(&e)
                 )));
             }
         };
@@ -448,22 +449,6 @@ fn is_connect_error(e: &elasticsearch::Error) -> bool {
         source = cause.source();
     }
     false
-}
-
-/// An error and its causes on one line (reqwest puts the useful part, e.g. "Connection
-/// refused", in the causes).
-fn chain(e: &elasticsearch::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// The start of a response body, for a failure reason.

@@ -3,6 +3,9 @@
 //! The exported names come from the worker's and the operator's registries themselves, encoded
 //! to the Prometheus/OpenMetrics text a scrape would get: a renamed or removed metric fails
 //! this test instead of leaving an empty panel.
+//!
+//! It lives in the test kit because it needs both registries, and the operator does not depend
+//! on the worker (not even for its tests).
 
 use std::collections::BTreeSet;
 
@@ -10,7 +13,7 @@ use migrate_operator::metrics::Metrics;
 use migrate_worker::metrics::WorkerMetrics;
 
 const DASHBOARD: &str =
-    include_str!("../../charts/migrate-operator/dashboards/migrate-operator.json");
+    include_str!("../../../charts/migrate-operator/dashboards/migrate-operator.json");
 
 /// Every series name a scrape of `text` can give: sample names as written, and for each
 /// `# TYPE` line the names its type implies (a family without samples yet, such as a labelled

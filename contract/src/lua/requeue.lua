@@ -1,0 +1,17 @@
+-- Requeue of one worker's processing list.
+-- KEYS: processing, queue, workers, attempts. ARGV: worker, give back ("1" or "0").
+-- The processing list has the newest id on the left; RPUSHing from newest to oldest leaves the
+-- oldest at the right end, taken first. With give back, each id's delivery is uncounted: a
+-- worker that exits gracefully did not fail on the ids it still holds (they waited for MySQL
+-- or the search server, or the grace period ended). A worker that dies is requeued by its
+-- supervisor without it, so a task that kills its worker still runs out of attempts.
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = 1, #ids do
+  redis.call('RPUSH', KEYS[2], ids[i])
+  if ARGV[2] == '1' and redis.call('HINCRBY', KEYS[4], ids[i], -1) <= 0 then
+    redis.call('HDEL', KEYS[4], ids[i])
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return #ids

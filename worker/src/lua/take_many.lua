@@ -1,0 +1,12 @@
+-- Take up to n waiting ids at once.
+-- KEYS: queue, processing, attempts, workers. ARGV: most ids to take, worker. LMOVEs up to n
+-- ids RIGHT -> LEFT (as BLMOVE does) and counts a delivery of each; returns id, attempts, ...
+local out = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not id then break end
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HINCRBY', KEYS[3], id, 1)
+end
+if #out > 0 then redis.call('SADD', KEYS[4], ARGV[2]) end
+return out
