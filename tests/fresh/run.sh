@@ -8,7 +8,8 @@
 # host's Debian sources, gets the host's extra CA certificates (this machine's registries are
 # reached through a TLS-inspecting proxy), a policy-rc.d that stops packages from starting
 # services (as in Debian's container images), and the host's resolv.conf and hosts.
-# The command runs in it, at the repository's own path, as root, with HOME=/root.
+# The command runs in it (the root of a private mount namespace, entered with pivot_root), at
+# the repository's own path, as root, with HOME=/root.
 #
 # What comes from the host, and why:
 #  - the repository (read-write, at the same path: its target/ and .testbed/ live in it);
@@ -74,11 +75,14 @@ binds=(
 )
 
 # The mount script runs in the new mount namespace, as root; its arguments: root, then the
-# binds as pairs, then -- and the command.
+# binds as pairs, then -- and the command. The root becomes the namespace's root with
+# pivot_root, not chroot: runc makes `/` a slave mount (so `/` must be a mount point), and the
+# kernel refuses user namespaces (OpenSearch's way to run as non-root) to a chrooted process.
 # shellcheck disable=SC2016
 inside='
 set -euo pipefail
 root=$1; shift
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
@@ -93,7 +97,13 @@ while [[ $1 != -- ]]; do
   [[ $mode == ro ]] && mount -o remount,bind,ro "$root$src"
 done
 shift
-exec chroot "$root" /usr/bin/env -i \
+cd "$root"
+mkdir -p .host
+pivot_root . .host
+cd /
+umount -l /.host
+rmdir /.host
+exec /usr/bin/env -i \
   HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" CI="${CI:-}" \
   PATH=/root/.cargo/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   RUSTUP_AUTO_INSTALL=0 GOFLAGS=-buildvcs=false \
