@@ -24,21 +24,11 @@ ETCD_BIN=$KUBE_BIN_DIR/etcd-$ETCD_VERSION
 # kube_bin NAME: where the cache keeps k8s.io/kubernetes/cmd/NAME at the pinned version.
 kube_bin() { printf '%s/%s-%s\n' "$KUBE_BIN_DIR" "$1" "$K8S_VERSION"; }
 
-find_go() {
-  if command -v go >/dev/null 2>&1; then
-    command -v go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    printf '%s\n' /usr/local/go/bin/go
-  else
-    die "no Go toolchain (go on PATH or /usr/local/go/bin/go); Go >= 1.25 is needed to build the control plane"
-  fi
-}
-
 # kube_go_build PKG OUT LOGNAME [LDFLAGS]: build PKG (a tool of the controlplane module) into
 # OUT, the compiler's output appended to logs/LOGNAME.log.
 kube_go_build() {
   local pkg=$1 out=$2 lf ldflags="-s -w ${4:-}" gobin start
-  gobin=$(find_go)
+  gobin=$(find_go "Go >= 1.25 is needed to build the control plane")
   lf=$(log_file "$3")
   log "building $(basename "$out") from $pkg (cold: minutes), log $lf"
   start=$SECONDS

@@ -135,6 +135,18 @@ write_env() {
   mv -f "$f.tmp.$$" "$f"
 }
 
+# find_go WHY: print the Go toolchain's path (`go` on PATH, else the machine's /usr/local/go);
+# dies naming WHY when there is none.
+find_go() {
+  if command -v go >/dev/null 2>&1; then
+    command -v go
+  elif [[ -x /usr/local/go/bin/go ]]; then
+    printf '%s\n' /usr/local/go/bin/go
+  else
+    die "no Go toolchain (go on PATH or /usr/local/go/bin/go): $1"
+  fi
+}
+
 # --- installers and probes used by the data-service components ------------------------------
 
 # port_open PORT: something on 127.0.0.1 accepts TCP connections on PORT.

@@ -31,19 +31,9 @@ mod_version() {
 HELM_VERSION=$(mod_version "$HELM_MODULE")
 HELM_BIN=$BIN_DIR/helm-$HELM_VERSION
 
-find_go() {
-  if command -v go >/dev/null 2>&1; then
-    command -v go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    printf '%s\n' /usr/local/go/bin/go
-  else
-    die "no Go toolchain (go on PATH or /usr/local/go/bin/go); Go >= 1.26 is needed to build helm $HELM_VERSION"
-  fi
-}
-
 build_helm() {
   local gobin lf start out=$HELM_BIN ldflags
-  gobin=$(find_go)
+  gobin=$(find_go "Go >= 1.26 is needed to build helm $HELM_VERSION")
   lf=$(log_file helm-build)
   # What `helm version` reports (otherwise the bare minor version "v3.22+unreleased").
   ldflags="-s -w -X $HELM_MODULE/internal/version.version=$HELM_VERSION"

@@ -67,23 +67,13 @@ make_image() {
   log "image $name: $out ($(du -h "$out" | cut -f1))"
 }
 
-find_go() {
-  if command -v go >/dev/null 2>&1; then
-    command -v go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    printf '%s\n' /usr/local/go/bin/go
-  else
-    die "no Go toolchain (go on PATH or /usr/local/go/bin/go) to build the probe"
-  fi
-}
-
 build_tools() {
   local out=$1 root
   root=$(mktemp -d "$out/.root.XXXXXX")
   chmod 755 "$root" # mktemp's 0700 would become the image's / and lock out uid 65532
   (cd "$IMAGES_DIR/probe" &&
     GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 \
-      "$(find_go)" build -trimpath -ldflags='-s -w' -o "$root/probe" .) ||
+      "$(find_go "to build the probe")" build -trimpath -ldflags='-s -w' -o "$root/probe" .) ||
     die "building the probe (tests/testbed/images/probe) failed"
   write_passwd "$root"
   # The pause process needs no privilege; 65535 is the user upstream's pause image uses.
