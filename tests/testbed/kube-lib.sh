@@ -9,13 +9,7 @@ KUBE_BIN_DIR=$MIGRATE_CACHE/bin
 mkdir -p "$KUBE_BIN_DIR"
 
 # kube_mod_version MODULE: the version controlplane/go.mod requires for MODULE.
-kube_mod_version() {
-  local v
-  v=$(awk -v m="$1" '$1 == "require" && $2 == m { print $3; exit }
-                     $1 == m && $2 ~ /^v/ { print $2; exit }' "$KUBE_MOD_DIR/go.mod")
-  [[ -n $v ]] || die "no version for $1 in $KUBE_MOD_DIR/go.mod"
-  printf '%s\n' "$v"
-}
+kube_mod_version() { go_mod_version "$KUBE_MOD_DIR/go.mod" "$1"; }
 
 K8S_VERSION=$(kube_mod_version k8s.io/kubernetes)
 ETCD_VERSION=$(kube_mod_version go.etcd.io/etcd/server/v3)

@@ -135,6 +135,15 @@ write_env() {
   mv -f "$f.tmp.$$" "$f"
 }
 
+# go_mod_version GO_MOD MODULE: the version the go.mod file GO_MOD requires for MODULE.
+go_mod_version() {
+  local v
+  v=$(awk -v m="$2" '$1 == "require" && $2 == m { print $3; exit }
+                     $1 == m && $2 ~ /^v/ { print $2; exit }' "$1")
+  [[ -n $v ]] || die "no version for $2 in $1"
+  printf '%s\n' "$v"
+}
+
 # find_go WHY: print the Go toolchain's path (`go` on PATH, else the machine's /usr/local/go);
 # dies naming WHY when there is none.
 find_go() {

@@ -19,14 +19,8 @@ HELM_MODULE=helm.sh/helm/v3
 
 mkdir -p "$BIN_DIR"
 
-# mod_version MODULE: the version go.mod requires for MODULE.
-mod_version() {
-  local v
-  v=$(awk -v m="$1" '$1 == "require" && $2 == m { print $3; exit }
-                     $1 == m && $2 ~ /^v/ { print $2; exit }' "$MOD_DIR/go.mod")
-  [[ -n $v ]] || die "no version for $1 in $MOD_DIR/go.mod"
-  printf '%s\n' "$v"
-}
+# mod_version MODULE: the version helm/go.mod requires for MODULE.
+mod_version() { go_mod_version "$MOD_DIR/go.mod" "$1"; }
 
 HELM_VERSION=$(mod_version "$HELM_MODULE")
 HELM_BIN=$BIN_DIR/helm-$HELM_VERSION

@@ -92,7 +92,7 @@ KUBELET_NAME="node-kubelet"
 METRICS_SERVER_NAME="node-metrics-server"
 
 METRICS_MOD_DIR=$TESTBED_LIB_DIR/metrics-server
-METRICS_SERVER_VERSION=$(awk '$1 == "sigs.k8s.io/metrics-server" {print $2; exit}' "$METRICS_MOD_DIR/go.mod")
+METRICS_SERVER_VERSION=$(go_mod_version "$METRICS_MOD_DIR/go.mod" sigs.k8s.io/metrics-server)
 METRICS_SERVER_BIN=$KUBE_BIN_DIR/metrics-server-$METRICS_SERVER_VERSION
 
 # The node's name is the machine's host name (the kubelet's default), so that the apiserver
