@@ -175,7 +175,7 @@ pub struct Backlog {
 impl Backlog {
     /// Queued plus in flight.
     #[must_use]
-    pub const fn total(&self) -> u64 {
+    pub const fn total(self) -> u64 {
         self.queued.saturating_add(self.in_flight)
     }
 }

@@ -31,6 +31,8 @@
 use std::time::Duration;
 
 pub use migrate_contract::exit::{ExitReason, ExitStatus, RestartReason, classify_exit};
+/// The queue, as read from Redis (the contract's type: the policy reads what the queue reports).
+pub use migrate_contract::queue::Backlog;
 use migrate_crds::memory::{Threshold, ThresholdError};
 use migrate_crds::validate::container_memory_limit;
 use migrate_crds::{MigrateJobSpec, Mode};
@@ -84,23 +86,6 @@ pub struct Worker {
     /// Started from an older spec than the job's current one: it is drained and replaced
     /// (reason `updated`), at most `memory.maxConcurrentRestarts` at a time.
     pub outdated: bool,
-}
-
-/// The queue, as read from Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Backlog {
-    /// Ids waiting in the queue.
-    pub queued: u64,
-    /// Ids in some worker's processing list.
-    pub in_flight: u64,
-}
-
-impl Backlog {
-    /// Queued plus in flight.
-    #[must_use]
-    pub fn total(self) -> u64 {
-        self.queued.saturating_add(self.in_flight)
-    }
 }
 
 /// Everything the policy looks at.

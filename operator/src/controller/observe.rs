@@ -250,10 +250,7 @@ impl RedisQueues {
         };
         let in_flight = workers.iter().cloned().zip(lengths).collect();
         Ok(QueueView {
-            backlog: Backlog {
-                queued: totals.queued,
-                in_flight: totals.in_flight,
-            },
+            backlog: totals,
             in_flight,
             holders,
             stats,

@@ -465,10 +465,7 @@ impl Supervisor {
         )
         .await;
         match read {
-            Ok(Ok(b)) => Some(Backlog {
-                queued: b.queued,
-                in_flight: b.in_flight,
-            }),
+            Ok(Ok(b)) => Some(b),
             Ok(Err(error)) => {
                 debug!(%error, "Cannot read the backlog.");
                 None
