@@ -1,4 +1,4 @@
-//! The controller's writes to the API server: the finalizer, the children (pipeline ConfigMap
+//! The controller's writes to the API server: the children (pipeline ConfigMap
 //! and PodDisruptionBudget, server-side applied), worker pods (created, annotated, deleted).
 //!
 //! Deletes treat 404 as success: what is already gone needs no cleanup. The testbed has no
@@ -15,7 +15,9 @@ use migrate_crds::MigrateJob;
 use serde_json::json;
 
 use super::build::{self, BuildError};
-use super::{FINALIZER, MANAGER};
+
+/// The field manager of every write (server-side apply and creates).
+pub const MANAGER: &str = "migrate-operator";
 
 /// Why a write failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +49,7 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    fn api(
+    pub(super) fn api(
         verb: &'static str,
         kind: &'static str,
         namespace: &str,
@@ -64,60 +66,8 @@ impl ApplyError {
     }
 }
 
-fn not_found(e: &kube::Error) -> bool {
+pub(super) fn not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-/// Adds the cleanup finalizer. The merge patch carries the `resourceVersion` read, so a
-/// concurrent change of the finalizer list is a conflict (retried) rather than lost.
-///
-/// # Errors
-/// [`ApplyError::Api`].
-pub async fn add_finalizer(api: &Api<MigrateJob>, job: &MigrateJob) -> Result<(), ApplyError> {
-    let mut finalizers = job.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_owned());
-    patch_finalizers(api, job, finalizers).await
-}
-
-/// Removes the cleanup finalizer (404: the job is already gone).
-///
-/// # Errors
-/// [`ApplyError::Api`].
-pub async fn remove_finalizer(api: &Api<MigrateJob>, job: &MigrateJob) -> Result<(), ApplyError> {
-    let finalizers: Vec<String> = job
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    patch_finalizers(api, job, finalizers).await
-}
-
-async fn patch_finalizers(
-    api: &Api<MigrateJob>,
-    job: &MigrateJob,
-    finalizers: Vec<String>,
-) -> Result<(), ApplyError> {
-    let name = job.name_any();
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": job.resource_version(),
-            "finalizers": finalizers,
-        }
-    });
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if not_found(&e) => Ok(()),
-        Err(e) => Err(ApplyError::api(
-            "patch",
-            "MigrateJob",
-            &job.namespace().unwrap_or_default(),
-            &name,
-        )(e)),
-    }
 }
 
 /// Server-side applies the pipeline ConfigMap and the PodDisruptionBudget.

@@ -20,7 +20,7 @@ use migrate_crds::{
 };
 use serde_json::json;
 
-use super::MANAGER;
+use super::apply::MANAGER;
 use crate::policy::{Backlog, RestartReason};
 
 /// Condition types.
