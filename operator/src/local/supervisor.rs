@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use redis::aio::ConnectionManager;
 use tracing::{debug, error, info, warn};
 
-use super::LocalError;
+use super::error::LocalError;
 use super::job::LocalJob;
 use super::observe::{MemoryProbe, probe, probe_client};
 use super::plot::{MemoryLines, RssSeries};
