@@ -47,6 +47,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::backoff::{Retries, sleep_or_cancel};
 use crate::config::WorkerConfig;
 use crate::enrich::{EnrichFailure, Enricher};
 use crate::exit::{ExitReason, write_termination_log};
@@ -56,7 +57,7 @@ use crate::memory::{
     Level, MemoryLimits, MemoryWatch, enter_stage, in_stage, read_cgroup, read_rss,
 };
 use crate::metrics::WorkerMetrics;
-use crate::queue::{Backoff, Queue, Settled, Taken, sleep_or_cancel, too_many_deliveries};
+use crate::queue::{Queue, Settled, Taken, too_many_deliveries};
 use crate::sink::{BulkBuilder, BulkRequest, ItemResult, Pushed, Sink};
 use crate::source::Source;
 use crate::stage::Stage;
@@ -432,7 +433,7 @@ impl Worker {
             Ok(Some(queue)) => queue,
             other => return stop_http(other.map(|_| None)),
         };
-        let mut backoff = Backoff::default();
+        let mut backoff = Retries::default();
         loop {
             match queue.recover_own().await {
                 Ok(0) => break,
@@ -610,7 +611,7 @@ async fn connect_queue(
     config: &WorkerConfig,
     shutdown: &CancellationToken,
 ) -> Result<Option<Queue>, StartError> {
-    let mut backoff = Backoff::default();
+    let mut backoff = Retries::default();
     loop {
         match Queue::connect(&config.redis_url, &config.spec.queue, &config.worker_id).await {
             Ok(queue) => return Ok(Some(queue)),
@@ -796,7 +797,7 @@ async fn process(shared: Arc<Shared>, taken: Taken, slot: Slot, batch: mpsc::Sen
 
 /// Reads the document, waiting out transient MySQL failures without using up an attempt.
 async fn fetch(shared: &Shared, id: &TaskId) -> Fetched {
-    let mut backoff = Backoff::default();
+    let mut backoff = Retries::default();
     loop {
         match in_stage(Stage::Source, shared.source.fetch(id)).await {
             Ok(Some(doc)) => {
@@ -852,7 +853,7 @@ async fn complete_many(shared: &Shared, tasks: Vec<(String, Outcome, Slot)>) {
         return;
     }
     let started = Instant::now();
-    let mut backoff = Backoff::default();
+    let mut backoff = Retries::default();
     let batch: Vec<(&str, &Outcome)> = tasks
         .iter()
         .map(|(raw, outcome, _)| (raw.as_str(), outcome))

@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use migrate_contract::error_chain;
 use migrate_crds::{EnrichEndpoint, EnrichFailurePolicy};
-use rand::Rng as _;
 use reqwest::StatusCode;
 use serde_json::Value as Json;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
 pub use crate::doc::{get_path, set_path};
 use crate::task::Document;
 
@@ -38,10 +38,8 @@ pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 /// Characters of a rejected reply's body quoted in the failure reason.
 const BODY_EXCERPT_CHARS: usize = 200;
 
-/// First retry delay; each further retry doubles it up to [`BACKOFF_CAP`].
-const BACKOFF_BASE: Duration = Duration::from_millis(50);
-/// Longest delay between two attempts.
-const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// Waits between retries of one call: 50 ms doubling up to 2 s, fully jittered.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
 /// Why the endpoints cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -307,7 +305,7 @@ impl Enricher {
                     )));
                 }
                 Err(AttemptError::Retriable(what)) => {
-                    let delay = backoff(attempt);
+                    let delay = BACKOFF.delay(attempt.saturating_sub(1), &mut rand::rng());
                     debug!(
                         endpoint = %endpoint.name,
                         attempt,
@@ -396,20 +394,6 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, Attemp
     }
 }
 
-/// The delay before retry number `attempt` (1-based): `BACKOFF_BASE * 2^(attempt-1)`, capped at
-/// [`BACKOFF_CAP`], then a random point in its upper half, so that workers that failed
-/// together do not retry together.
-fn backoff(attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(16);
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << exponent)
-        .min(BACKOFF_CAP);
-    let ceiling_ms = u64::try_from(ceiling.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms))
-}
-
 /// The first [`BODY_EXCERPT_CHARS`] characters of a body, for failure reasons.
 fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -463,23 +447,6 @@ mod tests {
                 "{code}"
             );
         }
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered_within_its_upper_half() {
-        for attempt in 1..=20 {
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(BACKOFF_CAP);
-            for _ in 0..50 {
-                let d = backoff(attempt);
-                assert!(
-                    d <= ceiling && d >= ceiling / 2,
-                    "attempt {attempt}: {d:?} vs {ceiling:?}"
-                );
-            }
-        }
-        assert!(backoff(30) <= BACKOFF_CAP);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! [`http`] (`/metrics`, `/healthz`, `/readyz`), [`config`] (pipeline file plus environment)
 //! and [`exit`] (the exit codes the supervisor reads).
 
+pub mod backoff;
 pub mod config;
 pub mod doc;
 pub mod driver;

@@ -26,7 +26,7 @@
 //!
 //! Connections: commands share one [`ConnectionManager`] (multiplexed, reconnects by itself);
 //! the blocking `BLMOVE` runs on a dedicated connection so it never delays an acknowledgement.
-//! Connection errors are retried with a capped, jittered [`Backoff`] and make
+//! Connection errors are retried with a capped, fully jittered [`Backoff`](crate::backoff::Backoff) and make
 //! [`Queue::is_connected`] false until the next success.
 
 use std::sync::LazyLock;
@@ -41,6 +41,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::backoff::{Retries, sleep_or_cancel};
 use crate::stage::Stage;
 use crate::task::{DeadLetter, Outcome};
 
@@ -62,61 +63,6 @@ const UNBLOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// Extra time the client waits for a reply beyond the server-side block timeout.
 const REPLY_MARGIN: Duration = Duration::from_secs(5);
-
-/// Capped exponential backoff with full jitter: each wait is a random duration up to
-/// `min(cap, base * 2^n)`, never below `base / 2`. [`Backoff::reset`] after a success.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    failures: u32,
-}
-
-impl Default for Backoff {
-    /// 100 ms doubling up to 5 s.
-    fn default() -> Self {
-        Self::new(Duration::from_millis(100), Duration::from_secs(5))
-    }
-}
-
-impl Backoff {
-    /// A backoff starting at `base` and never waiting longer than `cap`.
-    #[must_use]
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            failures: 0,
-        }
-    }
-
-    /// The next wait; each call doubles the ceiling until the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let factor = 2u32.saturating_pow(self.failures.min(16));
-        self.failures = self.failures.saturating_add(1);
-        let ceiling = self.base.saturating_mul(factor).min(self.cap);
-        let floor = (self.base / 2).min(ceiling);
-        let span = ceiling.saturating_sub(floor).as_millis();
-        let span = u64::try_from(span).unwrap_or(u64::MAX);
-        let jitter = if span == 0 {
-            0
-        } else {
-            rand::random_range(0..=span)
-        };
-        floor + Duration::from_millis(jitter)
-    }
-
-    /// Failures since the last reset.
-    #[must_use]
-    pub const fn failures(&self) -> u32 {
-        self.failures
-    }
-
-    /// Back to the first, shortest wait.
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
 
 /// One id taken from the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,7 +301,7 @@ impl Queue {
     /// # Errors
     /// Only errors that waiting cannot fix (e.g. the queue key holds a non-list).
     pub async fn take(&self, cancel: &CancellationToken) -> Result<Option<Taken>, QueueError> {
-        let mut backoff = Backoff::default();
+        let mut backoff = Retries::default();
         let raw = loop {
             if cancel.is_cancelled() {
                 return Ok(None);
@@ -405,7 +351,7 @@ impl Queue {
         cancel: &CancellationToken,
     ) -> Result<Vec<Taken>, QueueError> {
         if max > 1 {
-            let mut backoff = Backoff::default();
+            let mut backoff = Retries::default();
             loop {
                 if cancel.is_cancelled() {
                     return Ok(Vec::new());
@@ -814,34 +760,4 @@ pub fn too_many_deliveries(attempts: u64, max_attempts: u32) -> DeadLetter {
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Sleeps for `delay` unless `cancel` fires first; returns true when cancelled.
-pub async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => true,
-        () = tokio::time::sleep(delay) => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let first = b.next_delay();
-        assert!(
-            first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
-            "{first:?}"
-        );
-        for _ in 0..20 {
-            assert!(b.next_delay() <= Duration::from_secs(5));
-        }
-        assert_eq!(b.failures(), 21);
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 }

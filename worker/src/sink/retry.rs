@@ -30,7 +30,6 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::Value;
 
 /// What to do with one document of a bulk request, read from its response item.
@@ -239,44 +238,10 @@ fn error_reason(error: &Value) -> String {
     parts.join("; caused by ")
 }
 
-/// Capped, jittered exponential backoff between attempts.
-///
-/// The delay before retry `n` (0-based) is `min(cap, base * 2^n)`, drawn uniformly from its
-/// upper half so that workers that failed together do not retry together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Delay before the first retry, before jitter.
-    pub base: Duration,
-    /// Longest delay.
-    pub cap: Duration,
-}
+pub use crate::backoff::Backoff;
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Backoff {
-    /// The longest delay before retry `retry` (0-based), before jitter.
-    #[must_use]
-    pub fn ceiling(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// The delay before retry `retry` (0-based): between half the ceiling and the ceiling.
-    #[must_use]
-    pub fn delay(&self, retry: u32, rng: &mut impl Rng) -> Duration {
-        let ceiling = self.ceiling(retry);
-        let half = ceiling / 2;
-        let spread = u64::try_from((ceiling - half).as_micros()).unwrap_or(u64::MAX);
-        half + Duration::from_micros(rng.random_range(0..=spread))
-    }
-}
+/// Waits between bulk attempts: 200 ms doubling up to 30 s, fully jittered.
+pub const BULK_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
 
 #[cfg(test)]
 mod tests {
@@ -512,30 +477,5 @@ mod tests {
         for s in [400, 405, 413] {
             assert_eq!(classify_request_status(s), RequestClass::Fail, "{s}");
         }
-    }
-
-    /// Delays double from the base, stay under the cap, and are jittered within the upper half.
-    #[test]
-    fn backoff_doubles_is_capped_and_jittered() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        };
-        assert_eq!(b.ceiling(0), Duration::from_millis(100));
-        assert_eq!(b.ceiling(1), Duration::from_millis(200));
-        assert_eq!(b.ceiling(3), Duration::from_millis(800));
-        assert_eq!(b.ceiling(4), Duration::from_secs(1));
-        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(1));
-        let mut rng = rand::rng();
-        let draws: Vec<Duration> = (0..200).map(|_| b.delay(2, &mut rng)).collect();
-        assert!(
-            draws
-                .iter()
-                .all(|d| *d >= Duration::from_millis(200) && *d <= Duration::from_millis(400))
-        );
-        assert!(
-            draws.iter().any(|d| *d != draws[0]),
-            "delays are not jittered"
-        );
     }
 }
