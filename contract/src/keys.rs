@@ -65,6 +65,24 @@ impl Keys {
     }
 }
 
+/// The fields of `{q}:stats`, the outcome totals: written by the worker's scripts (the ack
+/// scripts take the field as an argument; the dead-letter and retry scripts spell `dead` and
+/// `retried` themselves), read by the supervisors for the status and the summary.
+pub mod stat {
+    /// Tasks indexed.
+    pub const INDEXED: &str = "indexed";
+    /// Tasks dropped by a black- or whitelist.
+    pub const FILTERED: &str = "filtered";
+    /// Tasks whose main row does not exist, skipped by policy.
+    pub const SKIPPED: &str = "skipped";
+    /// Tasks put back on the queue after a failure.
+    pub const RETRIED: &str = "retried";
+    /// Tasks dead-lettered.
+    pub const DEAD: &str = "dead";
+    /// The fields of finished tasks (every outcome but a retry), which add up to the tasks done.
+    pub const FINISHED: [&str; 4] = [INDEXED, FILTERED, SKIPPED, DEAD];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use migrate_contract::error_chain;
+use migrate_contract::keys::stat;
 use migrate_crds::{MissingRowPolicy, Mode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -893,11 +894,11 @@ async fn complete_many(shared: &Shared, tasks: Vec<(String, Outcome, Slot)>) {
 /// when its count is reached.
 fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settled>, slot: Slot) {
     let label = match (settled, outcome) {
-        (Some(Settled::Acked), Outcome::Indexed { .. }) => Some("indexed"),
-        (Some(Settled::Acked), Outcome::Filtered { .. }) => Some("filtered"),
-        (Some(Settled::Acked), _) => Some("skipped"),
-        (Some(Settled::Retried), _) => Some("retried"),
-        (Some(Settled::DeadLettered), _) => Some("dead"),
+        // Acknowledged: the outcome's own field. A retry may have been dead-lettered instead
+        // (its attempts used up), so retried and dead follow what the queue did.
+        (Some(Settled::Acked), _) => Some(outcome.stats_field()),
+        (Some(Settled::Retried), _) => Some(stat::RETRIED),
+        (Some(Settled::DeadLettered), _) => Some(stat::DEAD),
         (Some(Settled::NotHeld), _) => {
             debug!(
                 task = raw,

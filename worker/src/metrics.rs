@@ -14,6 +14,8 @@ use prometheus_client::registry::Registry;
 
 pub use migrate_contract::metrics::parse_text;
 
+use migrate_contract::keys::stat;
+
 use crate::memory::{MemoryState, read_cgroup, read_rss, retained_all};
 use crate::stage::Stage;
 
@@ -21,7 +23,13 @@ use crate::stage::Stage;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The task outcomes counted in `migrate_tasks_total{outcome}`; all are exposed from the start.
-pub const OUTCOMES: [&str; 5] = ["indexed", "filtered", "skipped", "retried", "dead"];
+pub const OUTCOMES: [&str; 5] = [
+    stat::INDEXED,
+    stat::FILTERED,
+    stat::SKIPPED,
+    stat::RETRIED,
+    stat::DEAD,
+];
 
 /// Upper bounds of `migrate_stage_seconds`: 0.5 ms to 10 s.
 const STAGE_BUCKETS: [f64; 14] = [

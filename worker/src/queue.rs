@@ -531,9 +531,10 @@ impl Queue {
     /// As [`Queue::finish`].
     pub async fn settle(&self, raw: &str, outcome: &Outcome) -> Result<Settled, QueueError> {
         let result = match outcome {
-            Outcome::Indexed { counts } => self.ack(raw, "indexed", counts).await,
-            Outcome::Filtered { .. } => self.ack(raw, "filtered", &[]).await,
-            Outcome::Skipped => self.ack(raw, "skipped", &[]).await,
+            Outcome::Indexed { counts } => self.ack(raw, outcome.stats_field(), counts).await,
+            Outcome::Filtered { .. } | Outcome::Skipped => {
+                self.ack(raw, outcome.stats_field(), &[]).await
+            }
             Outcome::Dead(dead) => self.dead_letter(raw, dead).await,
             Outcome::Retry(dead) => self.retry(raw, dead).await,
         };
@@ -572,11 +573,11 @@ impl Queue {
                 .arg(chunk.len());
             for &i in chunk {
                 let (raw, outcome) = tasks[i];
-                let (field, counts): (&str, &[(String, u64)]) = match outcome {
-                    Outcome::Indexed { counts } => ("indexed", counts),
-                    Outcome::Filtered { .. } => ("filtered", &[]),
-                    _ => ("skipped", &[]),
+                let counts: &[(String, u64)] = match outcome {
+                    Outcome::Indexed { counts } => counts,
+                    _ => &[],
                 };
+                let field = outcome.stats_field();
                 let nonzero = counts.iter().filter(|(_, n)| *n > 0);
                 invocation.arg(raw).arg(field).arg(nonzero.clone().count());
                 for (keyword, hits) in nonzero {

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use migrate_contract::keys::stat;
+
 use crate::stage::Stage;
 
 /// A task id as taken from the queue. Ids are decimal unsigned integers; anything else is a
@@ -88,6 +90,21 @@ pub enum Outcome {
     Retry(DeadLetter),
     /// Failed for good.
     Dead(DeadLetter),
+}
+
+impl Outcome {
+    /// The `{q}:stats` field this outcome adds to, and the `outcome` label of
+    /// `migrate_tasks_total`: the one mapping from outcomes to their counted names.
+    #[must_use]
+    pub const fn stats_field(&self) -> &'static str {
+        match self {
+            Outcome::Indexed { .. } => stat::INDEXED,
+            Outcome::Filtered { .. } => stat::FILTERED,
+            Outcome::Skipped => stat::SKIPPED,
+            Outcome::Retry(_) => stat::RETRIED,
+            Outcome::Dead(_) => stat::DEAD,
+        }
+    }
 }
 
 #[cfg(test)]

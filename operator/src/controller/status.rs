@@ -15,6 +15,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
+use migrate_contract::keys::stat;
 use migrate_crds::{
     LastRestart, LeakReport, MigrateJob, MigrateJobStatus, Mode, Phase, RestartCounts,
 };
@@ -406,12 +407,12 @@ pub fn running_status(
         processed: if view.stats.is_empty() {
             previous_status.processed
         } else {
-            stat("indexed")
+            stat(stat::INDEXED)
         },
         failed: if view.stats.is_empty() {
             previous_status.failed
         } else {
-            stat("retried")
+            stat(stat::RETRIED)
         },
         dead_lettered: if view.stats.is_empty() {
             previous_status.dead_lettered

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use migrate_contract::keys::stat;
 use migrate_contract::queue;
 use nix::sys::signal::Signal;
 use redis::aio::ConnectionManager;
@@ -818,10 +819,7 @@ impl Supervisor {
 
     /// Tasks finished: indexed, filtered, skipped and dead.
     fn done(&self) -> u64 {
-        ["indexed", "filtered", "skipped", "dead"]
-            .iter()
-            .map(|f| self.stat(f))
-            .sum()
+        stat::FINISHED.iter().map(|f| self.stat(f)).sum()
     }
 
     fn show_progress(&mut self, now: Duration, backlog: Option<Backlog>) {
@@ -852,11 +850,11 @@ impl Supervisor {
             outcome,
             queue: self.job.spec.queue.key.clone(),
             index: self.job.spec.sink.index.clone(),
-            indexed: self.stat("indexed"),
-            filtered: self.stat("filtered"),
-            skipped: self.stat("skipped"),
-            dead: self.stat("dead"),
-            retried: self.stat("retried"),
+            indexed: self.stat(stat::INDEXED),
+            filtered: self.stat(stat::FILTERED),
+            skipped: self.stat(stat::SKIPPED),
+            dead: self.stat(stat::DEAD),
+            retried: self.stat(stat::RETRIED),
             requeued_ids: self.requeued,
             recovered_ids: self.recovered,
             restarts: summary::restart_counts(&self.restarts),

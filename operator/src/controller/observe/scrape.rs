@@ -110,13 +110,10 @@ impl Scraped {
     pub fn retained_sample(&self) -> RetainedSample {
         RetainedSample {
             tasks_done: self.tasks_done,
-            retained: self
-                .retained
-                .iter()
-                // A stage below zero counts from zero here, as this path always has (the local
-                // supervisor keeps the sign); only the growth between two samples is used.
-                .map(|(stage, &b)| (stage.clone(), b.max(0)))
-                .collect(),
+            // Signed, as the local supervisor keeps it: a stage below zero (memory it freed that
+            // another stage allocated) is a real reading, and only the growth between two
+            // samples is used.
+            retained: self.retained.clone(),
         }
     }
 }
