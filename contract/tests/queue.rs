@@ -11,39 +11,15 @@ use migrate_contract::queue::{
 };
 use redis::aio::MultiplexedConnection;
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned())
-}
+// The test kit's Redis helpers, included by path: the kit depends on this crate, so this crate
+// cannot depend on the kit.
+#[path = "../../tests/e2e/src/redis.rs"]
+mod redis_support;
+
+use redis_support::{connect, drop_keys};
 
 fn fresh_key(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("test:contract:{name}:{}:{nanos}", std::process::id())
-}
-
-async fn connect() -> MultiplexedConnection {
-    let client = redis::Client::open(redis_url()).unwrap();
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("redis at {} does not answer: {e}", redis_url()))
-}
-
-async fn drop_keys(conn: &mut MultiplexedConnection, key: &str) {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{key}*"))
-        .query_async(conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<()>(conn)
-            .await
-            .unwrap();
-    }
+    redis_support::fresh_key("contract", name)
 }
 
 /// Puts `ids` in `worker`'s processing list as taking does (newest on the left), counts one
@@ -124,7 +100,7 @@ async fn requeueing_a_dead_worker_twice_is_harmless() {
     );
     assert_eq!(backlog_now.total(), 4);
     assert!(worker_beats(&mut conn, &q).await.unwrap().is_empty());
-    drop_keys(&mut conn, &q).await;
+    drop_keys(&q).await;
 }
 
 /// A worker's own graceful release gives its ids' deliveries back; a delivery count that
@@ -147,7 +123,7 @@ async fn a_release_gives_deliveries_back() {
     assert_eq!(attempts(&mut conn, &keys, "1").await, None);
     assert_eq!(attempts(&mut conn, &keys, "2").await, Some(1));
     assert_eq!(list(&mut conn, &q).await, ["2", "1"]);
-    drop_keys(&mut conn, &q).await;
+    drop_keys(&q).await;
 }
 
 /// Heartbeats are read as the worker writes them; an expired one marks its worker dead and a
@@ -190,7 +166,7 @@ async fn heartbeats_tell_live_workers_from_dead_ones() {
     let live = live_workers(&mut conn, &q).await.unwrap();
     assert_eq!(live.len(), 2);
     assert_eq!(live[0], ("alive".to_owned(), beat));
-    drop_keys(&mut conn, &q).await;
+    drop_keys(&q).await;
 }
 
 /// Dead letters come back newest first in the documented shape; an entry of another shape is
@@ -230,5 +206,5 @@ async fn dead_letters_are_read_newest_first() {
     let err = dead_letters(&mut conn, &q, 10).await.unwrap_err();
     assert_eq!(err.metric_label(), "decode");
     assert!(err.to_string().contains(&keys.dead), "{err}");
-    drop_keys(&mut conn, &q).await;
+    drop_keys(&q).await;
 }

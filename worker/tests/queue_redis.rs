@@ -16,34 +16,10 @@ use migrate_worker::stage::Stage;
 use migrate_worker::task::{DeadLetter, Outcome};
 use tokio_util::sync::CancellationToken;
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned())
-}
+use migrate_e2e::redis::{drop_keys, redis_url};
 
 fn fresh_key(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("test:queue:{name}:{}:{nanos}", std::process::id())
-}
-
-/// Deletes every key of a test queue.
-async fn drop_keys(key: &str) {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{key}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-    }
+    migrate_e2e::redis::fresh_key("queue", name)
 }
 
 fn spec(key: &str, max_attempts: u32) -> QueueSpec {

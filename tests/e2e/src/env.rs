@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::fail;
 
 /// Default addresses, as in `tests/testbed/README.md`.
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6390";
+pub use crate::redis::DEFAULT_REDIS_URL;
 /// Default MySQL URL (the `migrate` user may create databases named `migrate_%`).
 pub const DEFAULT_MYSQL_URL: &str = "mysql://migrate:migrate@127.0.0.1:3390/migrate";
 /// Default OpenSearch URL.

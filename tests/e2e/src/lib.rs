@@ -29,6 +29,7 @@ pub mod cli;
 pub mod datagen;
 pub mod env;
 pub mod k8s;
+pub mod redis;
 pub mod search;
 
 /// Fails the calling test with `message`. The one place this crate panics (see the crate docs).
