@@ -41,6 +41,15 @@ pub(super) async fn act(
     let regarding = job.object_ref(&());
     let queue = job.spec.queue.key.as_str();
     let mut created = Vec::new();
+    mem.pods_written = plan.steps.iter().any(|step| {
+        !matches!(
+            step,
+            Step::CountVanished { .. }
+                | Step::RequeueVanished { .. }
+                | Step::Completed
+                | Step::Announce(_)
+        )
+    });
     for step in &plan.steps {
         match step {
             Step::MarkEvicted { pod } => {

@@ -2,12 +2,15 @@
 //! between two reconciliations ([`JobMemory`]).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use migrate_crds::{MigrateJob, Phase};
 
@@ -17,6 +20,9 @@ use super::status::{self, Counters};
 use crate::leak::RetainedSample;
 use crate::metrics::Metrics;
 use crate::policy::PolicyState;
+
+/// How long a cleaned-up job's uid is remembered.
+const CLEANED_FOR: Duration = Duration::from_secs(600);
 
 /// What the controller remembers of one job between reconciliations.
 #[derive(Debug, Default)]
@@ -34,6 +40,9 @@ pub(super) struct JobMemory {
     pub(super) last_oom: Option<(Instant, String)>,
     /// Problems (Degraded reasons) and one-off notes already published as Events.
     pub(super) reported: BTreeSet<String>,
+    /// Whether the last round wrote to a pod: the next one then lists the pods from the API
+    /// server rather than the cache, which may not have seen the write yet.
+    pub(super) pods_written: bool,
 }
 
 impl JobMemory {
@@ -61,6 +70,15 @@ impl JobMemory {
     }
 }
 
+/// What the controller's watches keep, so that a round reads it without asking the API server.
+#[derive(Clone)]
+pub(super) struct Caches {
+    /// Every worker pod (label `app.kubernetes.io/name=migrate-worker`).
+    pub(super) pods: Store<Pod>,
+    /// The metadata of every Secret: its resource version says whether a value changed.
+    pub(super) secrets: Store<PartialObjectMeta<Secret>>,
+}
+
 /// Shared state of the reconcilers.
 pub struct Context {
     pub(super) client: Client,
@@ -71,6 +89,14 @@ pub struct Context {
     pub(super) origin: Instant,
     jobs: Mutex<HashMap<String, JobMemory>>,
     failures: Mutex<HashMap<String, u32>>,
+    /// The watches' caches, once their first lists are complete; `None` before (and in tests
+    /// without watches): the rounds then ask the API server.
+    caches: RwLock<Option<Caches>>,
+    /// Redis URLs by `namespace/secret`, with the resource version they were read at.
+    redis_urls: Mutex<HashMap<String, (String, String)>>,
+    /// The uids of jobs cleaned up, and when: a round for such a job (a cached copy that still
+    /// shows the finalizer, woken by its pods going away) has nothing left to do.
+    cleaned: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -105,6 +131,9 @@ impl Context {
             origin: Instant::now(),
             jobs: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            caches: RwLock::new(None),
+            redis_urls: Mutex::new(HashMap::new()),
+            cleaned: Mutex::new(HashMap::new()),
         }
     }
 
@@ -112,6 +141,49 @@ impl Context {
     #[must_use]
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub(super) fn set_caches(&self, caches: Option<Caches>) {
+        if let Ok(mut slot) = self.caches.write() {
+            *slot = caches;
+        }
+    }
+
+    pub(super) fn caches(&self) -> Option<Caches> {
+        self.caches.read().ok().and_then(|c| c.clone())
+    }
+
+    /// The Redis URL read from `key` (`namespace/secret`) at resource version `version`.
+    pub(super) fn redis_url_at(&self, key: &str, version: &str) -> Option<String> {
+        let urls = self.redis_urls.lock().ok()?;
+        urls.get(key)
+            .filter(|(at, _)| at == version)
+            .map(|(_, url)| url.clone())
+    }
+
+    pub(super) fn remember_redis_url(&self, key: String, version: String, url: String) {
+        if let Ok(mut urls) = self.redis_urls.lock() {
+            urls.insert(key, (version, url));
+        }
+    }
+
+    /// Records that the job with `uid` is cleaned up and its finalizer removed.
+    pub(super) fn mark_cleaned(&self, uid: Option<&str>) {
+        let (Some(uid), Ok(mut cleaned)) = (uid, self.cleaned.lock()) else {
+            return;
+        };
+        // A cached copy outlives its object by a watch event or two; ten minutes is plenty.
+        cleaned.retain(|_, at| at.elapsed() < CLEANED_FOR);
+        cleaned.insert(uid.to_owned(), Instant::now());
+    }
+
+    /// Whether the job with `uid` was cleaned up already.
+    pub(super) fn is_cleaned(&self, uid: Option<&str>) -> bool {
+        uid.is_some_and(|uid| {
+            self.cleaned
+                .lock()
+                .is_ok_and(|cleaned| cleaned.contains_key(uid))
+        })
     }
 
     pub(super) fn take_memory(&self, key: &str, job: &MigrateJob) -> JobMemory {

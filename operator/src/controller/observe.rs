@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 use migrate_contract::error_chain;
 use migrate_crds::{MemorySource, MigrateJob};
 use tracing::debug;
@@ -35,7 +36,7 @@ pub use scrape::{
 pub use secrets::{RedisSecret, redis_url, secret_versions};
 
 use super::build::{self, SecretVersions};
-use super::context::JobMemory;
+use super::context::{Caches, JobMemory};
 use super::error::Error;
 use super::status::Problem;
 use super::{Context, apply};
@@ -89,22 +90,16 @@ pub(super) async fn observe(
     ctx: &Context,
     mem: &mut JobMemory,
 ) -> Result<Observed, Error> {
-    let name = job.name_any();
     let namespace = job.namespace().unwrap_or_default();
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pods: Vec<Pod> = apply::list_pods(&pods_api, &namespace, &name)
-        .await
-        .map_err(Error::apply(job))?
-        .into_iter()
-        .filter(|p| build::owned_by(p, job))
-        .collect();
+    let caches = ctx.caches();
+    let pods = job_pods(job, ctx, mem, caches.as_ref()).await?;
     let names: Vec<String> = pods.iter().map(ResourceExt::name_any).collect();
     let mut problems: Vec<Problem> = Vec::new();
     let mut url = None;
     let mut view: Option<QueueView> = None;
     // Secret versions read this round, for the template hash.
     let mut known_versions = SecretVersions::new();
-    match redis_url(&ctx.client, &namespace, &job.spec.queue.url_secret_ref).await {
+    match read_redis_url(job, ctx, caches.as_ref()).await {
         Ok(RedisSecret { url: u, version }) => {
             known_versions.insert(job.spec.queue.url_secret_ref.name.clone(), version);
             match ctx.queues.view(&u, &job.spec.queue.key, &names).await {
@@ -121,13 +116,11 @@ pub(super) async fn observe(
 
     // The Secrets' versions are part of the template: a changed Secret rolls the workers.
     // Unknown versions (a read failed) roll nothing: the hash is then empty.
-    let secrets = secret_versions(
-        &ctx.client,
-        &namespace,
-        &build::referenced_secrets(&job.spec),
-        known_versions,
-    )
-    .await;
+    let referenced = build::referenced_secrets(&job.spec);
+    let secrets = match &caches {
+        Some(c) => Ok(cached_versions(c, &namespace, &referenced, known_versions)),
+        None => secret_versions(&ctx.client, &namespace, &referenced, known_versions).await,
+    };
     if let Err(e) = &secrets {
         tracing::warn!(error = %error_chain(e), "Cannot read the workers' Secrets' versions; no worker is rolled for them this round.");
     }
@@ -146,6 +139,94 @@ pub(super) async fn observe(
         wall: Timestamp::now(),
         instant: Instant::now(),
     })
+}
+
+/// The job's pods: from the cache when it serves, the last round wrote to no pod, and it
+/// holds every pod the last round saw (a pod missing from a cache that lags is not taken for
+/// one that vanished); else listed from the API server.
+async fn job_pods(
+    job: &MigrateJob,
+    ctx: &Context,
+    mem: &JobMemory,
+    caches: Option<&Caches>,
+) -> Result<Vec<Pod>, Error> {
+    let namespace = job.namespace().unwrap_or_default();
+    if let Some(c) = caches
+        && !mem.pods_written
+    {
+        let cached: Vec<Pod> = c
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|p| build::owned_by(p, job))
+            .map(|p| Pod::clone(p))
+            .collect();
+        let names: BTreeSet<String> = cached.iter().map(ResourceExt::name_any).collect();
+        if mem.known_pods.iter().all(|k| names.contains(k)) {
+            return Ok(cached);
+        }
+    }
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    Ok(apply::list_pods(&pods_api, &namespace, &job.name_any())
+        .await
+        .map_err(Error::apply(job))?
+        .into_iter()
+        .filter(|p| build::owned_by(p, job))
+        .collect())
+}
+
+/// The Redis URL of the job's Secret. With the caches serving, the Secret is read again only
+/// when its resource version changed, and a Secret missing from the cache does not exist.
+async fn read_redis_url(
+    job: &MigrateJob,
+    ctx: &Context,
+    caches: Option<&Caches>,
+) -> Result<RedisSecret, ObserveError> {
+    let namespace = job.namespace().unwrap_or_default();
+    let secret = &job.spec.queue.url_secret_ref;
+    let Some(c) = caches else {
+        return redis_url(&ctx.client, &namespace, secret).await;
+    };
+    let Some(meta) = c
+        .secrets
+        .get(&ObjectRef::new(&secret.name).within(&namespace))
+    else {
+        return Err(ObserveError::SecretMissing {
+            namespace,
+            name: secret.name.clone(),
+        });
+    };
+    let version = meta.resource_version().unwrap_or_default();
+    let key = format!("{namespace}/{}/{}", secret.name, secret.key);
+    if let Some(url) = ctx.redis_url_at(&key, &version) {
+        return Ok(RedisSecret { url, version });
+    }
+    let read = redis_url(&ctx.client, &namespace, secret).await?;
+    ctx.remember_redis_url(key, read.version.clone(), read.url.clone());
+    Ok(read)
+}
+
+/// [`secret_versions`] from the Secrets' cache: no request.
+fn cached_versions(
+    caches: &Caches,
+    namespace: &str,
+    names: &BTreeSet<String>,
+    known: SecretVersions,
+) -> SecretVersions {
+    let mut versions = known;
+    for name in names {
+        if versions.contains_key(name) {
+            continue;
+        }
+        let version = caches
+            .secrets
+            .get(&ObjectRef::new(name).within(namespace))
+            .and_then(|m| m.resource_version())
+            .unwrap_or_default();
+        versions.insert(name.clone(), version);
+    }
+    versions
 }
 
 /// Scrapes every ready pod with an IP; unreachable pods keep their previous reading. With

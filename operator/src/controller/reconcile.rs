@@ -35,6 +35,10 @@ pub async fn reconcile(
         }
     };
     let key = job_key(job);
+    if job.metadata.deletion_timestamp.is_some() && ctx.is_cleaned(job.metadata.uid.as_deref()) {
+        debug!("Already cleaned up; waiting for the job to go.");
+        return Ok(Action::await_change());
+    }
     let mut mem = ctx.take_memory(&key, job);
     let outcome = if job.metadata.deletion_timestamp.is_some() {
         cleanup::cleanup(job, &ctx, &mut mem)
@@ -48,6 +52,7 @@ pub async fn reconcile(
     match outcome {
         Ok((action, label, deleted)) => {
             if deleted {
+                ctx.mark_cleaned(job.metadata.uid.as_deref());
                 ctx.metrics.set_job(&key, None);
             } else {
                 ctx.put_memory(key.clone(), mem);

@@ -177,7 +177,9 @@ async fn write_status(
     }
     let jobs: Api<MigrateJob> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    status::write(&jobs, &job.name_any(), new)
-        .await
-        .map_err(Error::status(job))
+    match status::write(&jobs, &job.name_any(), new).await {
+        // Deleted while this round ran: there is no status left to write.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        result => result.map_err(Error::status(job)),
+    }
 }

@@ -6,19 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use migrate_contract::error_chain;
 use migrate_crds::MigrateJob;
 use tokio::sync::watch;
-use tracing::{Instrument as _, debug, error, info, info_span};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use super::build;
-use super::context::Context;
+use super::context::{Caches, Context};
 use super::observe::{QueueBackend, RedisQueues};
 use super::reconcile::{error_policy, reconcile};
 use crate::leader::{LeaderElector, LeaseConfig};
@@ -240,40 +241,90 @@ pub async fn run_with(
 }
 
 /// Runs the controller until `stop` resolves; dropping it cancels reconciliations in flight.
+///
+/// Besides the MigrateJobs it watches the worker pods (which also trigger their job's round)
+/// and the metadata of the Secrets, each into a cache the rounds read instead of asking the API
+/// server ([`Caches`]); they serve once their first list is complete.
 async fn run_controller(
     ctx: Arc<Context>,
     namespace: Option<String>,
     stop: impl Future<Output = ()>,
 ) {
     let client = ctx.client.clone();
-    let (jobs, pods): (Api<DeserializeGuard<MigrateJob>>, Api<Pod>) = match &namespace {
+    let (jobs, pods, secrets): (
+        Api<DeserializeGuard<MigrateJob>>,
+        Api<Pod>,
+        Api<PartialObjectMeta<Secret>>,
+    ) = match &namespace {
         Some(ns) => (
+            Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client, ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client)),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
     };
     let pod_watch =
         watcher::Config::default().labels(&format!("app.kubernetes.io/name={}", build::APP_NAME));
+    let (pod_cache, pod_writer) = reflector::store::<Pod>();
+    let pod_events = reflector(pod_writer, watcher(pods, pod_watch))
+        .default_backoff()
+        .touched_objects();
+    let (secret_cache, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    // Metadata only: the operator never holds the Secrets' values but the Redis URL's.
+    let secret_events = reflector(secret_writer, watcher(secrets, watcher::Config::default()))
+        .default_backoff()
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                warn!(error = %error_chain(&e), "Watching Secrets failed; retrying.");
+            }
+        });
+    let caches = Caches {
+        pods: pod_cache,
+        secrets: secret_cache,
+    };
+    let serve_caches = {
+        let ctx = ctx.clone();
+        async move {
+            if caches.pods.wait_until_ready().await.is_ok()
+                && caches.secrets.wait_until_ready().await.is_ok()
+            {
+                debug!("Pod and Secret caches ready.");
+                ctx.set_caches(Some(caches));
+            }
+            std::future::pending::<()>().await;
+        }
+    };
     info!(
         namespace = namespace.as_deref().unwrap_or("(all)"),
         "Reconciling MigrateJobs."
     );
     let controller = Controller::new(jobs, watcher::Config::default().any_semantic())
-        .owns(pods, pod_watch)
-        .run(reconcile, error_policy, ctx)
+        .owns_stream(pod_events)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => debug!(job = %object.name, "Reconciled."),
                 Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // A round asked for a job that was deleted meanwhile (a requeue, or an event of
+                // one of its pods going away with it): nothing is left to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(job)) => {
+                    debug!(job = %job.name, "Job gone; nothing to reconcile.");
+                }
                 Err(e) => error!(error = %error_chain(&e), "Controller error."),
             }
         })
         .instrument(info_span!("controller"));
     tokio::select! {
         () = controller => {}
+        () = secret_events => {}
+        () = serve_caches => {}
         () = stop => {}
     }
+    ctx.set_caches(None);
 }
 
 #[cfg(test)]
