@@ -332,3 +332,119 @@ fn scale_reason(settings: &policy::Settings, backlog: Option<policy::Backlog>) -
         (None, None) => "replacing stopped workers".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use k8s_openapi::jiff::Timestamp;
+    use migrate_crds::pipeline::example_spec;
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::observe::QueueView;
+
+    fn job(replicas: Option<i32>) -> MigrateJob {
+        let mut spec = example_spec();
+        spec.replicas = replicas;
+        let mut job = MigrateJob::new("test", spec);
+        job.metadata.namespace = Some("etl".to_owned());
+        job.metadata.uid = Some("uid-1".to_owned());
+        job
+    }
+
+    fn pod(name: &str, deleting: bool) -> Pod {
+        let mut metadata = json!({
+            "name": name,
+            "namespace": "etl",
+            "ownerReferences": [{
+                "apiVersion": "migrate-operator.io/v1alpha1", "kind": "MigrateJob",
+                "name": "test", "uid": "uid-1", "controller": true
+            }]
+        });
+        if deleting {
+            metadata["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        serde_json::from_value(json!({"metadata": metadata, "status": {"phase": "Pending"}}))
+            .unwrap()
+    }
+
+    fn observed(pods: Vec<Pod>, view: QueueView) -> Observed {
+        Observed {
+            pods,
+            url: Some("redis://127.0.0.1:6390".to_owned()),
+            view: Some(view),
+            problems: Vec::new(),
+            secrets: build::SecretVersions::new(),
+            template_hash: String::new(),
+            pod_metrics_error: None,
+            wall: Timestamp::now(),
+            instant: Instant::now(),
+        }
+    }
+
+    /// Ends nobody asked for are recorded before anything the policy decides: a pod someone
+    /// else deletes, a pod gone since the last round, and the ids its worker still holds (a
+    /// holder of another job's prefix is left alone).
+    #[test]
+    fn ends_nobody_asked_for_are_recorded_first() {
+        let job = job(Some(1));
+        let settings = Settings::from_spec(&job.spec).unwrap();
+        let view = QueueView {
+            holders: vec!["test-worker-gone".to_owned(), "other-worker-x".to_owned()],
+            ..QueueView::default()
+        };
+        let mut mem = JobMemory::default();
+        mem.known_pods.insert("test-worker-gone".to_owned());
+        let seen = observed(vec![pod("test-worker-a", true)], view);
+        let plan = plan(&job, &settings, &seen, &mem, Duration::from_secs(60));
+        assert_eq!(
+            plan.steps[..3],
+            [
+                Step::MarkEvicted {
+                    pod: "test-worker-a".to_owned()
+                },
+                Step::CountVanished {
+                    pod: "test-worker-gone".to_owned()
+                },
+                Step::RequeueVanished {
+                    worker: "test-worker-gone".to_owned()
+                },
+            ]
+        );
+        assert!(
+            !plan.steps.iter().any(
+                |s| matches!(s, Step::RequeueVanished { worker } if worker == "other-worker-x")
+            )
+        );
+    }
+
+    /// A scale-up starts its pods before it stops any, and deletes nothing it starts.
+    #[test]
+    fn new_pods_start_before_any_stops() {
+        let job = job(Some(3));
+        let settings = Settings::from_spec(&job.spec).unwrap();
+        let seen = observed(vec![pod("test-worker-a", false)], QueueView::default());
+        let plan = plan(
+            &job,
+            &settings,
+            &seen,
+            &JobMemory::default(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(plan.desired, 3);
+        let start = plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Start { count: 2, .. }))
+            .unwrap_or_else(|| panic!("no start of 2 in {:?}", plan.steps));
+        assert!(
+            plan.steps[..start]
+                .iter()
+                .all(|s| !matches!(s, Step::Stop { .. } | Step::Finish { .. })),
+            "{:?}",
+            plan.steps
+        );
+        assert!(plan.deleted.is_empty());
+    }
+}
