@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 use migrate_crds::{MigrateJob, Phase};
 
 use super::apply::MANAGER;
-use super::observe::{MAX_SCRAPE_TIMEOUT, QueueBackend, Scraped};
+use super::observe::{MAX_SCRAPE_TIMEOUT, PodMemory, QueueBackend, Scraped};
 use super::status::{self, Counters};
 use crate::leak::RetainedSample;
 use crate::metrics::Metrics;
@@ -97,7 +97,13 @@ pub struct Context {
     /// The uids of jobs cleaned up, and when: a round for such a job (a cached copy that still
     /// shows the finalizer, woken by its pods going away) has nothing left to do.
     cleaned: Mutex<HashMap<String, Instant>>,
+    /// The last PodMetrics list of each namespace and when it was taken (an async lock: the
+    /// jobs of a namespace wait for one list instead of sending their own).
+    pub(super) pod_metrics: tokio::sync::Mutex<HashMap<String, PodMetricsList>>,
 }
+
+/// One namespace's PodMetrics, by pod name, and when they were listed.
+pub(super) type PodMetricsList = (Instant, Arc<HashMap<String, PodMemory>>);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,6 +140,7 @@ impl Context {
             caches: RwLock::new(None),
             redis_urls: Mutex::new(HashMap::new()),
             cleaned: Mutex::new(HashMap::new()),
+            pod_metrics: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 

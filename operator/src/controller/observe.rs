@@ -14,7 +14,8 @@ mod queue;
 mod scrape;
 mod secrets;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -207,6 +208,25 @@ async fn read_redis_url(
     Ok(read)
 }
 
+/// The PodMetrics of `namespace`'s worker pods, listed at most once per `interval` for every
+/// job of the namespace: the jobs of one namespace wait for one list rather than each sending
+/// its own.
+async fn namespace_pod_metrics(
+    ctx: &Context,
+    namespace: &str,
+    interval: Duration,
+) -> Result<Arc<HashMap<String, PodMemory>>, ObserveError> {
+    let mut lists = ctx.pod_metrics.lock().await;
+    if let Some((at, found)) = lists.get(namespace)
+        && at.elapsed() < interval
+    {
+        return Ok(found.clone());
+    }
+    let found = Arc::new(pod_metrics(&ctx.client, namespace, build::CONTAINER).await?);
+    lists.insert(namespace.to_owned(), (Instant::now(), found.clone()));
+    Ok(found)
+}
+
 /// [`secret_versions`] from the Secrets' cache: no request.
 fn cached_versions(
     caches: &Caches,
@@ -302,22 +322,18 @@ async fn read_pod_metrics(
         .filter(|p| exit_status(p).is_none())
         .map(ResourceExt::name_any)
         .collect();
-    let found = match pod_metrics(
-        &ctx.client,
-        &job.namespace().unwrap_or_default(),
-        &job.name_any(),
-        build::CONTAINER,
-    )
-    .await
-    {
-        Ok(found) => found,
-        Err(e) => {
-            debug!(error = %error_chain(&e), "PodMetrics unavailable; memory readings age.");
-            return Some(error_chain(&e));
-        }
-    };
+    let interval = Duration::from_millis(u64::from(job.spec.memory.check_interval_ms));
+    let found =
+        match namespace_pod_metrics(ctx, &job.namespace().unwrap_or_default(), interval).await {
+            Ok(found) => found,
+            Err(e) => {
+                debug!(error = %error_chain(&e), "PodMetrics unavailable; memory readings age.");
+                return Some(error_chain(&e));
+            }
+        };
     let (wall, now) = (Timestamp::now(), Instant::now());
-    for (name, memory) in found.into_iter().filter(|(n, _)| live.contains(n)) {
+    for (name, memory) in found.iter().filter(|(n, _)| live.contains(*n)) {
+        let (name, memory) = (name.clone(), *memory);
         let age = Duration::try_from(wall.duration_since(memory.timestamp)).unwrap_or_default();
         let at = now.checked_sub(age).unwrap_or(now);
         let reading = mem.readings.entry(name).or_insert_with(|| Scraped {

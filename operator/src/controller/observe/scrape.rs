@@ -36,8 +36,8 @@ pub struct PodMemory {
     pub timestamp: Timestamp,
 }
 
-/// Lists the job's pods' metrics from the `metrics.k8s.io` API (by the job's label), keyed by
-/// pod name. A pod whose entry lacks the container, a parsable memory usage or a timestamp is
+/// Lists the metrics of every job's pods in `namespace` from the `metrics.k8s.io` API (by the
+/// presence of the job label: one list serves every job of the namespace), keyed by pod name. A pod whose entry lacks the container, a parsable memory usage or a timestamp is
 /// left out: it has no reading, and ages into a stale one.
 ///
 /// # Errors
@@ -46,14 +46,12 @@ pub struct PodMemory {
 pub async fn pod_metrics(
     client: &Client,
     namespace: &str,
-    job: &str,
     container: &str,
 ) -> Result<HashMap<String, PodMemory>, ObserveError> {
     let api: Api<kube::api::DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, &pod_metrics_resource());
-    let selector = format!("{}={job}", build::JOB_LABEL);
     let list = api
-        .list(&kube::api::ListParams::default().labels(&selector))
+        .list(&kube::api::ListParams::default().labels(build::JOB_LABEL))
         .await
         .map_err(ObserveError::PodMetrics)?;
     Ok(list
