@@ -13,6 +13,7 @@
 
 pub mod memory;
 pub mod pipeline;
+pub mod quantity;
 pub mod spec;
 pub mod status;
 pub mod validate;

@@ -59,12 +59,18 @@ fn crd_snapshot_of_the_api_surface() {
 
     let yaml = migrate_crds::crd_yaml().expect("the CRD serialises");
     for message in [
-        "workers.minReplicas must be less than or equal to workers.maxReplicas",
-        "memory.soft must be lower than memory.hard",
-        "memory.soft in percent must be between 1% and 100%",
+        "must be less than or equal to workers.maxReplicas",
+        "must be lower than memory.hard",
+        "is not a whole percentage between 1% and 100%",
+        "has no unit, so it would mean",
+        "is not a whole number of bytes",
+        "is below 1Mi",
         "exactly one query must have main: true",
-        "sql must not be empty",
-        "memory.staleAfterSeconds must be at least 30 with memory.source PodMetrics",
+        "sql is blank",
+        "must be at least 30 with memory.source PodMetrics",
+        "carries credentials (user:password@)",
+        "is an absolute path",
+        "is not a Kubernetes quantity",
     ] {
         assert!(yaml.contains(message), "missing CEL message {message:?}");
     }

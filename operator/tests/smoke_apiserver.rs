@@ -141,34 +141,37 @@ async fn invalid_jobs_are_rejected_with_a_message_a_person_understands() {
     spec.workers.max_replicas = 2;
     cases.push((
         spec,
-        "workers.minReplicas must be less than or equal to workers.maxReplicas",
+        "workers.minReplicas 5 must be less than or equal to workers.maxReplicas 2",
     ));
 
     let mut spec = example_spec();
     spec.memory.soft = "95%".to_owned();
     spec.memory.hard = "90%".to_owned();
-    cases.push((spec, "memory.soft must be lower than memory.hard"));
+    cases.push((spec, "memory.soft 95% must be lower than memory.hard 90%"));
 
     let mut spec = example_spec();
     spec.memory.soft = "2Gi".to_owned();
     spec.memory.hard = "1Gi".to_owned();
-    cases.push((spec, "memory.soft must be lower than memory.hard"));
+    cases.push((spec, "memory.soft 2Gi must be lower than memory.hard 1Gi"));
 
     let mut spec = example_spec();
     spec.memory.hard = "150%".to_owned();
-    cases.push((spec, "memory.hard in percent must be between 1% and 100%"));
+    cases.push((
+        spec,
+        "memory.hard 150% is not a whole percentage between 1% and 100%",
+    ));
 
     let mut spec = example_spec();
     spec.memory.source = migrate_crds::MemorySource::PodMetrics;
     spec.memory.stale_after_seconds = 10;
     cases.push((
         spec,
-        "memory.staleAfterSeconds must be at least 30 with memory.source PodMetrics",
+        "memory.staleAfterSeconds 10 must be at least 30 with memory.source PodMetrics",
     ));
 
     let mut spec = example_spec();
     spec.source.queries[1].sql = "   ".to_owned();
-    cases.push((spec, "sql must not be empty"));
+    cases.push((spec, "sql is blank"));
 
     let mut spec = example_spec();
     spec.source.queries[1].main = true;
