@@ -65,6 +65,7 @@ pub const VERSION: &str = "v1alpha1";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::join_doc_lines)]
 pub struct MigrateJobSpec {
     /// Drain finishes the job once the queue is empty and nothing is in flight; Continuous keeps
     /// the workers waiting for new ids for as long as the job exists.
