@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DeleteParams, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
@@ -62,6 +62,10 @@ const CRD_FILE: &str = "crds/migratejob.yaml";
 
 /// The operator's least-privilege role, relative to the repository root.
 const ROLE_FILE: &str = "deploy/rbac/role.yaml";
+
+/// The operator's leader-election Role (the Lease in its own namespace), relative to the
+/// repository root.
+const LEASE_ROLE_FILE: &str = "deploy/rbac/leader-election-role.yaml";
 
 /// Lifetime of the token [`operator_token`] requests.
 const TOKEN_SECONDS: i64 = 3600;
@@ -415,17 +419,24 @@ pub fn shipped_role() -> ClusterRole {
     repo_yaml(ROLE_FILE, "ClusterRole")
 }
 
+/// The operator's leader-election Role, `deploy/rbac/leader-election-role.yaml`.
+#[must_use]
+pub fn shipped_lease_role() -> Role {
+    repo_yaml(LEASE_ROLE_FILE, "Role")
+}
+
 /// The ClusterRoleBinding [`operator_token`] creates for namespace `ns`.
 #[must_use]
 pub fn operator_binding(ns: &str) -> String {
     format!("{ns}-operator")
 }
 
-/// Gives the operator of namespace `ns` exactly the shipped role and returns its token: applies
+/// Gives the operator of namespace `ns` exactly the shipped roles and returns its token: applies
 /// [`shipped_role`], creates the ServiceAccount [`OPERATOR_ACCOUNT`] in `ns` (which must
-/// exist), binds the role to it ([`operator_binding`]) and mints a one-hour token for it with
-/// the TokenRequest API. A client using the token ([`with_token`]) fails wherever the role
-/// lacks a permission.
+/// exist), binds the role to it ([`operator_binding`]), creates [`shipped_lease_role`] in `ns`
+/// bound to it there (the Lease is allowed in its own namespace only), and mints a one-hour
+/// token for it with the TokenRequest API. A client using the token ([`with_token`]) fails
+/// wherever the roles lack a permission.
 pub async fn operator_token(admin: &Client, ns: &str) -> String {
     let role = shipped_role();
     let role_name = role.name_any();
@@ -460,6 +471,26 @@ pub async fn operator_token(admin: &Client, ns: &str) -> String {
             .create(&PostParams::default(), &binding)
             .await
             .map_err(api(format!("creating ClusterRoleBinding {binding_name}"))),
+    );
+    let mut lease_role = shipped_lease_role();
+    lease_role.metadata.namespace = Some(ns.to_owned());
+    let lease_role_name = lease_role.name_any();
+    or_fail(
+        Api::<Role>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &lease_role)
+            .await
+            .map_err(api(format!("creating Role {ns}/{lease_role_name}"))),
+    );
+    let lease_binding: RoleBinding = object(json!({
+        "metadata": {"name": lease_role_name, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": lease_role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": ns}]
+    }));
+    or_fail(
+        Api::<RoleBinding>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &lease_binding)
+            .await
+            .map_err(api(format!("creating RoleBinding {ns}/{lease_role_name}"))),
     );
     let request = TokenRequest {
         metadata: Default::default(),
