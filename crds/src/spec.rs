@@ -64,6 +64,11 @@ pub const VERSION: &str = "v1alpha1";
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = rule(
+    "!has(self.replicas) || (has(self.autoscaling) && self.autoscaling == 'External') || self.replicas == 1",
+    "'spec.replicas %d is used only with spec.autoscaling: External, where kubectl scale, an HPA or KEDA set it; this job has autoscaling Backlog, so its workers follow the backlog between workers.minReplicas and workers.maxReplicas (set autoscaling: External to set the count)'.format([self.replicas])",
+    Reason::FieldValueForbidden,
+).field_path(".replicas"))]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = crate::join_doc_lines)]
 pub struct MigrateJobSpec {
@@ -72,11 +77,19 @@ pub struct MigrateJobSpec {
     #[serde(default)]
     pub mode: Mode,
 
-    /// Fixed number of workers, written by `kubectl scale`, an HPA or KEDA through the scale
-    /// subresource. While set it wins over the backlog-based autoscaling between
-    /// `workers.minReplicas` and `workers.maxReplicas`; remove the field to hand control back.
+    /// Who sets the number of workers. `Backlog` (the default): the operator, from the backlog,
+    /// between `workers.minReplicas` and `workers.maxReplicas`; `replicas` stays 1 and is not
+    /// used. `External`: `replicas` is the number of workers, set by hand or by `kubectl scale`,
+    /// a HorizontalPodAutoscaler or KEDA through the scale subresource.
+    #[serde(default)]
+    pub autoscaling: Autoscaling,
+
+    /// The number of workers with `autoscaling: External`, read and written through the scale
+    /// subresource (`kubectl scale`, an HPA, KEDA). The API server sets it to 1 when it is not
+    /// given, so the scale subresource answers from the job's first second. With
+    /// `autoscaling: Backlog` it must stay 1: a count that would be ignored is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 0, max = 1000), extend("default" = DEFAULT_REPLICAS))]
     pub replicas: Option<i32>,
 
     /// Where the ids come from: a Redis list that producers LPUSH into.
@@ -108,6 +121,34 @@ pub struct MigrateJobSpec {
     /// Knobs that exist only to test the supervision. Never set them in production.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_only: Option<TestOnlySpec>,
+}
+
+/// `spec.replicas` when it is not given: what the API server stores, and what a pipeline file
+/// without it means.
+pub const DEFAULT_REPLICAS: i32 = 1;
+
+impl MigrateJobSpec {
+    /// The number of workers fixed from outside (`autoscaling: External`: `replicas`, or
+    /// [`DEFAULT_REPLICAS`] when not given); `None` when the backlog decides.
+    #[must_use]
+    pub fn fixed_replicas(&self) -> Option<i32> {
+        match self.autoscaling {
+            Autoscaling::External => Some(self.replicas.unwrap_or(DEFAULT_REPLICAS)),
+            Autoscaling::Backlog => None,
+        }
+    }
+}
+
+/// Who sets the number of workers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Autoscaling {
+    /// The operator, from the backlog: ceil(backlog / `workers.targetBacklogPerWorker`), between
+    /// `workers.minReplicas` and `workers.maxReplicas`.
+    #[default]
+    Backlog,
+    /// Whoever writes `spec.replicas`: a person, `kubectl scale`, a HorizontalPodAutoscaler or
+    /// KEDA (through the scale subresource).
+    External,
 }
 
 /// How a job ends.

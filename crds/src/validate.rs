@@ -9,7 +9,7 @@ use std::fmt;
 
 use crate::memory::Threshold;
 use crate::quantity::{self, QuantityError};
-use crate::spec::{MemorySource, MigrateJobSpec, QueryShape};
+use crate::spec::{Autoscaling, DEFAULT_REPLICAS, MemorySource, MigrateJobSpec, QueryShape};
 
 /// One problem with a spec: the field, the value and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,17 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
         && !(0..=1000).contains(&r)
     {
         bad("replicas".into(), format!("{r} must be between 0 and 1000"));
+    }
+    if let Some(r) = spec.replicas
+        && r != DEFAULT_REPLICAS
+        && spec.autoscaling == Autoscaling::Backlog
+    {
+        bad(
+            "replicas".into(),
+            format!(
+                "spec.replicas {r} is used only with spec.autoscaling: External, where kubectl scale, an HPA or KEDA set it; this job has autoscaling Backlog, so its workers follow the backlog between workers.minReplicas and workers.maxReplicas (set autoscaling: External to set the count)"
+            ),
+        );
     }
     if spec.queue.key.trim().is_empty() {
         bad("queue.key".into(), "must not be empty".into());
@@ -710,5 +721,27 @@ mod tests {
         assert_eq!(check_keyword_file("black_list-v2.txt"), Ok(()));
         assert!(check_keyword_file("lists/topics.txt").is_err());
         assert!(check_keyword_file(".").is_err());
+    }
+
+    /// The worker count is fixed only with `autoscaling: External` (1 when not given); with
+    /// Backlog a count other than the default is refused instead of ignored.
+    #[test]
+    fn replicas_count_only_with_external_autoscaling() {
+        use crate::spec::Autoscaling;
+        let mut spec = example_spec();
+        assert_eq!(spec.fixed_replicas(), None);
+        spec.replicas = Some(3);
+        let found = problems(&spec);
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "replicas: spec.replicas 3 is used only with spec.autoscaling: External"
+            )),
+            "{found:?}"
+        );
+        spec.autoscaling = Autoscaling::External;
+        assert_eq!(problems(&spec), Vec::<String>::new());
+        assert_eq!(spec.fixed_replicas(), Some(3));
+        spec.replicas = None;
+        assert_eq!(spec.fixed_replicas(), Some(1));
     }
 }

@@ -38,6 +38,16 @@ fn crd_snapshot_of_the_api_surface() {
         scale.label_selector_path.as_deref(),
         Some(".status.selector")
     );
+    // The scale subresource's spec path always exists (an HPA's or KEDA's first GET of /scale
+    // fails on a job without it), and who sets it is an explicit mode.
+    let schema = serde_json::to_value(&version.schema).expect("schema as JSON");
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(spec["replicas"]["default"], 1);
+    assert_eq!(spec["autoscaling"]["default"], "Backlog");
+    assert_eq!(
+        spec["autoscaling"]["enum"],
+        serde_json::json!(["Backlog", "External"])
+    );
     let columns: Vec<&str> = version
         .additional_printer_columns
         .as_ref()

@@ -92,7 +92,9 @@ async fn the_scale_subresource_sets_spec_replicas() {
     install_crd(&client).await;
     let api: Api<MigrateJob> = Api::namespaced(client, "default");
     let name = fresh_name("smoke-scale");
-    api.create(&PostParams::default(), &job(&name, example_spec()))
+    let mut spec = example_spec();
+    spec.autoscaling = migrate_crds::Autoscaling::External;
+    api.create(&PostParams::default(), &job(&name, spec))
         .await
         .expect("create");
     api.patch_scale(

@@ -5,7 +5,10 @@
 //!   the header says must stay hidden, such as a password in a URL);
 //! - the same spec read as a pipeline file is refused by `migrate_crds::validate` for the same
 //!   field, so a job that never went through the API server gets the same answer;
-//! - every file of `corpus/accepted/` is accepted by both.
+//! - every file of `corpus/accepted/` is accepted by both;
+//! - the scale subresource answers for a job created with only the required fields, and a write
+//!   through it (a PUT, `kubectl scale`) sets the count with `autoscaling: External` and is
+//!   refused, naming the field, the value and the mode, with `autoscaling: Backlog`.
 //!
 //! The CRD is installed under a private API group (see [`install_private_crd`]), so other test
 //! runs applying their own version of the CRD to the same API server cannot change the outcome.
@@ -13,14 +16,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use futures::FutureExt as _;
+
 use std::path::{Path, PathBuf};
 
-use kube::api::{Api, DynamicObject, PostParams};
+use k8s_openapi::api::autoscaling::v1::Scale;
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use migrate_crds::MigrateJobSpec;
 use migrate_e2e::env::repo_root;
 use migrate_e2e::k8s::{
-    admin_client, create_namespace, fresh_name, install_private_crd, remove_namespace,
-    remove_private_crd,
+    admin_client, create_namespace, fresh_name, install_private_crd, kubeconfig_path,
+    remove_namespace, remove_private_crd,
 };
 use serde_json::Value;
 
@@ -202,4 +208,126 @@ async fn every_valid_job_is_accepted() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// A MigrateJob with only the required fields, plus `extra` in its spec.
+fn minimal_job(name: &str, api_version: &str, extra: &Value) -> DynamicObject {
+    let mut doc = serde_json::json!({
+        "apiVersion": api_version,
+        "kind": "MigrateJob",
+        "metadata": {"name": name},
+        "spec": {
+            "queue": {"urlSecretRef": {"name": "migrate-redis", "key": "url"}, "key": "articles"},
+            "source": {
+                "urlSecretRef": {"name": "migrate-mysql", "key": "url"},
+                "queries": [{"name": "article", "sql": "SELECT * FROM article WHERE id = ?", "main": true}]
+            },
+            "sink": {"urlSecretRef": {"name": "migrate-search", "key": "url"}, "index": "articles"},
+            "workers": {"image": "ghcr.io/migrate-operator/worker:0.1.0"}
+        }
+    });
+    if let (Some(spec), Some(extra)) = (doc["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::from_value(doc).unwrap()
+}
+
+/// Runs kubectl against the testbed's API server and returns its stdout, or its stderr as the
+/// error.
+fn kubectl(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The scale subresource answers from a job's first second, as an HPA or KEDA first reads it:
+/// GET on a job created with only the required fields gives `spec.replicas` 1 (the schema's
+/// default) in both autoscaling modes, also through `kubectl get --raw`. With `autoscaling:
+/// External` a PUT on `/scale` and `kubectl scale` set the count; with `Backlog` (the default) a
+/// write is refused with a message naming `spec.replicas`, the value and the mode to use.
+#[tokio::test]
+async fn the_scale_subresource_answers_from_the_first_second_in_both_modes() {
+    let client = admin_client().await;
+    let group = format!("{}.test.migrate-operator.io", fresh_name("scale"));
+    let resource = install_private_crd(&client, &group).await;
+    let ns = fresh_name("scale");
+    create_namespace(&client, &ns).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let outcome = std::panic::AssertUnwindSafe(scale_checks(&api, &resource, &ns))
+        .catch_unwind()
+        .await;
+    for name in ["backlog", "external"] {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    remove_namespace(&client, &ns).await;
+    remove_private_crd(&client, &group).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn scale_checks(api: &Api<DynamicObject>, resource: &kube::api::ApiResource, ns: &str) {
+    let post = PostParams::default();
+    let replicas = |scale: &Scale| scale.spec.as_ref().and_then(|s| s.replicas);
+    let set = |mut scale: Scale, n: i32| {
+        scale.spec.get_or_insert_with(Default::default).replicas = Some(n);
+        scale
+    };
+
+    // Backlog, the default: readable at once, and a write is refused, not ignored.
+    api.create(
+        &post,
+        &minimal_job("backlog", &resource.api_version, &serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    let scale = api.get_scale("backlog").await.unwrap();
+    assert_eq!(replicas(&scale), Some(1));
+    let path = format!(
+        "/apis/{}/namespaces/{ns}/{}/backlog/scale",
+        resource.api_version, resource.plural
+    );
+    let raw: Value = serde_json::from_str(&kubectl(&["get", "--raw", &path]).unwrap()).unwrap();
+    assert_eq!(raw["spec"]["replicas"], 1, "{raw}");
+    let refused = api
+        .replace_scale("backlog", &post, &set(scale, 3))
+        .await
+        .expect_err("a scale write on a Backlog job is refused");
+    let message = refused.to_string();
+    for words in ["spec.replicas", "3", "autoscaling: External"] {
+        assert!(message.contains(words), "{words:?} not in {message}");
+    }
+    let kind = format!("{}.{}", resource.plural, resource.group);
+    let stderr = kubectl(&["scale", "--replicas=2", "-n", ns, &kind, "backlog"])
+        .expect_err("kubectl scale on a Backlog job fails");
+    assert!(stderr.contains("autoscaling: External"), "{stderr}");
+
+    // External: read at once, then set by a PUT on /scale and by kubectl scale.
+    let external = serde_json::json!({"autoscaling": "External"});
+    api.create(
+        &post,
+        &minimal_job("external", &resource.api_version, &external),
+    )
+    .await
+    .unwrap();
+    let scale = api.get_scale("external").await.unwrap();
+    assert_eq!(replicas(&scale), Some(1));
+    let scale = api
+        .replace_scale("external", &post, &set(scale, 3))
+        .await
+        .unwrap();
+    assert_eq!(replicas(&scale), Some(3));
+    assert_eq!(
+        api.get("external").await.unwrap().data["spec"]["replicas"],
+        3
+    );
+    kubectl(&["scale", "--replicas=5", "-n", ns, &kind, "external"]).unwrap();
+    assert_eq!(replicas(&api.get_scale("external").await.unwrap()), Some(5));
 }
