@@ -851,11 +851,14 @@ fn threshold_has_a_unit(field: &str) -> Rule {
     )
 }
 
-/// A size is a whole number of bytes (`100m` is a tenth of a byte, not 100 megabytes).
+/// A size is a whole number of bytes (`100m` is a tenth of a byte, not 100 megabytes). Read
+/// from the suffix (`m`, `u`, `n`, a negative exponent): the CEL quantity library's
+/// `isInteger()` is false for `1.5Gi`, a whole number of bytes. A rarer fraction such as
+/// `1.0001k` is left to `validate`, which the operator runs before any pod starts.
 fn threshold_whole_bytes(field: &str) -> Rule {
     threshold_rule(
         field,
-        "self.endsWith('%') || !isQuantity(self) || self.matches(BARE) || quantity(self).isInteger()",
+        "self.endsWith('%') || !isQuantity(self) || self.matches(BARE) || !(self.matches('[mun]$') || self.matches('[eE]-'))",
         " is not a whole number of bytes' + (self.endsWith('m') ? ' (the m suffix means thousandths of a byte; write ' + self.replace('m', 'M') + ' or ' + self.replace('m', 'Mi') + ')' : '')",
     )
 }
@@ -864,7 +867,7 @@ fn threshold_whole_bytes(field: &str) -> Rule {
 fn threshold_minimum(field: &str) -> Rule {
     threshold_rule(
         field,
-        "self.endsWith('%') || !isQuantity(self) || self.matches(BARE) || !quantity(self).isInteger() || quantity(self).compareTo(quantity('1Mi')) >= 0",
+        "self.endsWith('%') || !isQuantity(self) || self.matches(BARE) || quantity(self).compareTo(quantity('1Mi')) >= 0",
         " is below 1Mi, less than a worker uses before its first task'",
     )
 }
@@ -897,12 +900,39 @@ fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             }
         })
     };
+    // Map values are read by index (`self.limits['memory']`): CEL bounds the cost of that, not
+    // of `self.limits.memory`.
+    let limit = "self.limits['memory']";
+    let limit_is_size = format!(
+        "!has(self.limits) || !('memory' in self.limits) || type({limit}) == int || !isQuantity({limit})"
+    );
+    let over_limit = "self.requests.filter(k, k in self.limits && type(self.requests[k]) == string && type(self.limits[k]) == string && isQuantity(self.requests[k]) && isQuantity(self.limits[k]) && quantity(self.requests[k]).compareTo(quantity(self.limits[k])) > 0)";
     schemars::json_schema!({
         "type": "object",
         "nullable": true,
         "properties": {
             "limits": quantities("Most of each resource the worker container may use"),
             "requests": quantities("Resources reserved for the worker container when it is scheduled")
-        }
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": format!("{limit_is_size} || !({limit}.matches('[mun]$') || {limit}.matches('[eE]-'))"),
+                "messageExpression": format!("'%s is not a whole number of bytes%s'.format([{limit}, {limit}.endsWith('m') ? ' (the m suffix means thousandths of a byte; write ' + {limit}.replace('m', 'M') + ' or ' + {limit}.replace('m', 'Mi') + ')' : ''])"),
+                "fieldPath": ".limits['memory']",
+                "reason": "FieldValueInvalid"
+            },
+            {
+                "rule": format!("{limit_is_size} || quantity({limit}).compareTo(quantity('16Mi')) >= 0"),
+                "messageExpression": format!("'%s is below 16Mi, too little for a worker to start'.format([{limit}])"),
+                "fieldPath": ".limits['memory']",
+                "reason": "FieldValueInvalid"
+            },
+            {
+                "rule": format!("!has(self.requests) || !has(self.limits) || {over_limit}.size() == 0"),
+                "messageExpression": format!("{over_limit}.map(k, 'requests.%s %s is above limits.%s %s; Kubernetes refuses a pod whose request exceeds its limit'.format([k, self.requests[k], k, self.limits[k]]))[0]"),
+                "fieldPath": ".requests",
+                "reason": "FieldValueInvalid"
+            }
+        ]
     })
 }

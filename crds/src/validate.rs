@@ -264,6 +264,28 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
         Ok(_) => {}
         Err(e) => bad("workers.resources.limits.memory".into(), e.to_string()),
     }
+    if let Some(resources) = &w.resources
+        && let (Some(requests), Some(limits)) = (&resources.requests, &resources.limits)
+    {
+        for (name, request) in requests {
+            let Some(limit) = limits.get(name) else {
+                continue;
+            };
+            if let (Ok(r), Ok(l)) = (
+                quantity::parse_nanos(&request.0),
+                quantity::parse_nanos(&limit.0),
+            ) && r > l
+            {
+                bad(
+                    format!("workers.resources.requests.{name}"),
+                    format!(
+                        "requests.{name} {} is above limits.{name} {}; Kubernetes refuses a pod whose request exceeds its limit",
+                        request.0, limit.0
+                    ),
+                );
+            }
+        }
+    }
     if w.min_replicas > w.max_replicas {
         bad(
             "workers.minReplicas".into(),
