@@ -13,6 +13,7 @@
 
 pub mod memory;
 pub mod pipeline;
+pub mod quantity;
 pub mod spec;
 pub mod status;
 pub mod validate;
@@ -21,6 +22,45 @@ pub use spec::*;
 pub use status::*;
 
 use kube::CustomResourceExt;
+
+/// Joins the lines of every description in `schema` into paragraphs: `///` comments are wrapped
+/// at 100 columns, and schemars keeps each line break, so `kubectl explain` would wrap them a
+/// second time, raggedly. A blank line (a paragraph break) is kept.
+pub fn join_doc_lines(schema: &mut schemars::Schema) {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(text)) = map.get_mut("description") {
+                    *text = join_lines(text);
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.values_mut().for_each(walk);
+        if let Some(serde_json::Value::String(text)) = map.get_mut("description") {
+            *text = join_lines(text);
+        }
+    }
+}
+
+/// `text` with the lines of each paragraph joined by a space; paragraphs stay apart.
+fn join_lines(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
 
 /// The CRD as YAML, exactly as committed in `crds/migratejob.yaml`.
 ///

@@ -2,26 +2,61 @@
 
 use std::fmt;
 
-/// Why a memory threshold could not be read.
+use crate::quantity::{self, QuantityError};
+
+/// Why a memory threshold could not be read. The messages are the ones the CRD's CEL rules give
+/// at admission, so a pipeline file read without the API server gets the same answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ThresholdError {
-    /// The text is neither `N%` nor a size such as `512Mi`.
-    #[error("{field}: {value:?} is neither a percentage like \"80%\" nor a size like \"1536Mi\"")]
+    /// The text is neither `N%` nor a quantity such as `512Mi`.
+    #[error(
+        "{field}: {value:?} is neither a percentage of the memory limit such as 80% nor a quantity such as 1536Mi"
+    )]
     Syntax {
         /// The field the value came from.
         field: String,
         /// The offending value.
         value: String,
     },
-    /// A percentage outside 1..=100.
-    #[error("{field}: {value:?} must be between 1% and 100%")]
+    /// A percentage that is not a whole number in 1..=100.
+    #[error("{field}: {value:?} is not a whole percentage between 1% and 100%")]
     PercentRange {
         /// The field the value came from.
         field: String,
         /// The offending value.
         value: String,
     },
+    /// A bare number such as `800`: it would mean 800 bytes, which nobody means.
+    #[error(
+        "{field}: {value:?} has no unit, so it would mean {value} bytes; write a quantity with a unit such as {value}Mi, or a percentage of the memory limit such as 80%"
+    )]
+    NoUnit {
+        /// The field the value came from.
+        field: String,
+        /// The offending value.
+        value: String,
+    },
+    /// A quantity that is not a whole, representable number of bytes (`100m`, `-1Gi`).
+    #[error("{field}: {source}")]
+    Quantity {
+        /// The field the value came from.
+        field: String,
+        /// What is wrong with the quantity (it names the value).
+        source: QuantityError,
+    },
+    /// A size below [`MIN_THRESHOLD_BYTES`].
+    #[error("{field}: {value:?} is below 1Mi, less than a worker uses before its first task")]
+    BelowMinimum {
+        /// The field the value came from.
+        field: String,
+        /// The offending value.
+        value: String,
+    },
 }
+
+/// The smallest size a threshold may have: 1 MiB. A worker's runtime uses more than that before
+/// it takes its first task, so anything lower is a typo (`100Ki` for `100Mi`).
+pub const MIN_THRESHOLD_BYTES: u64 = 1 << 20;
 
 /// A memory threshold, as given in the spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,45 +68,51 @@ pub enum Threshold {
 }
 
 impl Threshold {
-    /// Reads `80%`, `1536Mi`, `2G` or `1048576`; `field` names the setting in errors.
+    /// Reads `80%` or a Kubernetes quantity with a unit (`1536Mi`, `1.5Gi`, `2G`, `1e9`) of at
+    /// least 1Mi; `field` names the setting in errors.
     ///
     /// # Errors
-    /// [`ThresholdError`] naming the field and the value when the text is not a threshold.
+    /// [`ThresholdError`] naming the field and the value when the text is not a threshold: not a
+    /// percentage or quantity, a percentage outside 1..=100, a bare number, a fraction of a
+    /// byte, or a size below 1Mi.
     pub fn parse(field: &str, value: &str) -> Result<Self, ThresholdError> {
-        let syntax = || ThresholdError::Syntax {
-            field: field.to_owned(),
-            value: value.to_owned(),
-        };
         let text = value.trim();
+        let at =
+            |make: fn(String, String) -> ThresholdError| make(field.to_owned(), value.to_owned());
         if let Some(number) = text.strip_suffix('%') {
-            let percent: u32 = number.parse().map_err(|_| syntax())?;
-            return match u8::try_from(percent) {
-                Ok(p) if (1..=100).contains(&p) => Ok(Self::Percent(p)),
-                _ => Err(ThresholdError::PercentRange {
-                    field: field.to_owned(),
-                    value: value.to_owned(),
-                }),
+            let whole = !number.is_empty()
+                && number.len() <= 3
+                && number.bytes().all(|b| b.is_ascii_digit());
+            return match number.parse::<u8>() {
+                Ok(p) if whole && (1..=100).contains(&p) => Ok(Self::Percent(p)),
+                _ => Err(at(|field, value| ThresholdError::PercentRange {
+                    field,
+                    value,
+                })),
             };
         }
-        const SUFFIXES: [(&str, u64); 8] = [
-            ("Ki", 1 << 10),
-            ("Mi", 1 << 20),
-            ("Gi", 1 << 30),
-            ("Ti", 1 << 40),
-            ("k", 1_000),
-            ("M", 1_000_000),
-            ("G", 1_000_000_000),
-            ("T", 1_000_000_000_000),
-        ];
-        let (digits, unit) = SUFFIXES
-            .iter()
-            .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|d| (d, *unit)))
-            .unwrap_or((text, 1));
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(syntax());
+        let bare = !text.is_empty()
+            && text
+                .trim_start_matches(['+', '-'])
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.');
+        if bare && quantity::parse_nanos(text).is_ok() {
+            return Err(at(|field, value| ThresholdError::NoUnit { field, value }));
         }
-        let n: u64 = digits.parse().map_err(|_| syntax())?;
-        n.checked_mul(unit).map(Self::Bytes).ok_or_else(syntax)
+        let bytes = quantity::whole_bytes(text).map_err(|source| match source {
+            QuantityError::Syntax(_) => at(|field, value| ThresholdError::Syntax { field, value }),
+            source => ThresholdError::Quantity {
+                field: field.to_owned(),
+                source,
+            },
+        })?;
+        if bytes < MIN_THRESHOLD_BYTES {
+            return Err(at(|field, value| ThresholdError::BelowMinimum {
+                field,
+                value,
+            }));
+        }
+        Ok(Self::Bytes(bytes))
     }
 
     /// The threshold in bytes for a container with the given memory limit; `None` for a
@@ -96,48 +137,95 @@ impl fmt::Display for Threshold {
     }
 }
 
-/// Reads a Kubernetes memory quantity such as `512Mi`, `1G` or `1073741824` as bytes
-/// (the subset used for memory: binary and decimal suffixes, no fractions or exponents).
+/// Reads a Kubernetes memory quantity that a program reported, such as metrics-server's
+/// `123456Ki` or a limit given on the command line, as bytes rounded up (see
+/// [`quantity::bytes_rounded_up`]); `None` when it is not a non-negative quantity.
 #[must_use]
 pub fn parse_quantity_bytes(quantity: &str) -> Option<u64> {
-    match Threshold::parse("quantity", quantity) {
-        Ok(Threshold::Bytes(b)) => Some(b),
-        _ => None,
-    }
+    quantity::bytes_rounded_up(quantity).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Percentages and quantities with units, written every way Kubernetes reads them.
     #[test]
-    fn thresholds_parse_in_percent_and_bytes() {
+    fn thresholds_parse_in_percent_and_quantities() {
         let cases = [
-            ("80%", Ok(Threshold::Percent(80))),
-            ("100%", Ok(Threshold::Percent(100))),
-            ("1536Mi", Ok(Threshold::Bytes(1536 << 20))),
-            ("2G", Ok(Threshold::Bytes(2_000_000_000))),
-            ("4096", Ok(Threshold::Bytes(4096))),
-            ("1Ki", Ok(Threshold::Bytes(1024))),
+            ("80%", Threshold::Percent(80)),
+            ("100%", Threshold::Percent(100)),
+            ("1%", Threshold::Percent(1)),
+            ("1536Mi", Threshold::Bytes(1536 << 20)),
+            ("1.5Gi", Threshold::Bytes(1536 << 20)),
+            ("2G", Threshold::Bytes(2_000_000_000)),
+            ("500M", Threshold::Bytes(500_000_000)),
+            ("1e9", Threshold::Bytes(1_000_000_000)),
+            ("1Mi", Threshold::Bytes(1 << 20)),
         ];
         for (text, expected) in cases {
-            assert_eq!(Threshold::parse("memory.soft", text), expected, "{text}");
+            assert_eq!(
+                Threshold::parse("memory.soft", text),
+                Ok(expected),
+                "{text}"
+            );
         }
     }
 
+    /// Each kind of bad threshold has its own message, naming the field and the value, the
+    /// same words the CRD's CEL rules use at admission.
     #[test]
-    fn bad_thresholds_name_the_field_and_value() {
-        let err = Threshold::parse("memory.hard", "0%").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "memory.hard: \"0%\" must be between 1% and 100%"
-        );
-        let err = Threshold::parse("memory.soft", "lots").unwrap_err();
-        assert!(err.to_string().contains("memory.soft: \"lots\""), "{err}");
-        assert!(Threshold::parse("memory.soft", "101%").is_err());
-        assert!(Threshold::parse("memory.soft", "1.5Gi").is_err());
-        assert!(Threshold::parse("memory.soft", "Mi").is_err());
-        assert!(Threshold::parse("memory.soft", "99999999999999999999Ti").is_err());
+    fn bad_thresholds_say_what_is_wrong_with_the_value() {
+        let cases = [
+            (
+                "0%",
+                "memory.hard: \"0%\" is not a whole percentage between 1% and 100%",
+            ),
+            (
+                "101%",
+                "memory.hard: \"101%\" is not a whole percentage between 1% and 100%",
+            ),
+            (
+                "1.5%",
+                "memory.hard: \"1.5%\" is not a whole percentage between 1% and 100%",
+            ),
+            (
+                "99999999999999999999%",
+                "memory.hard: \"99999999999999999999%\" is not a whole percentage between 1% and 100%",
+            ),
+            (
+                "800",
+                "memory.hard: \"800\" has no unit, so it would mean 800 bytes; write a quantity with a unit such as 800Mi, or a percentage of the memory limit such as 80%",
+            ),
+            (
+                "100m",
+                "memory.hard: \"100m\" is not a whole number of bytes (the m suffix means thousandths of a byte; write 100M or 100Mi)",
+            ),
+            (
+                "100Ki",
+                "memory.hard: \"100Ki\" is below 1Mi, less than a worker uses before its first task",
+            ),
+            (
+                "lots",
+                "memory.hard: \"lots\" is neither a percentage of the memory limit such as 80% nor a quantity such as 1536Mi",
+            ),
+            (
+                "Mi",
+                "memory.hard: \"Mi\" is neither a percentage of the memory limit such as 80% nor a quantity such as 1536Mi",
+            ),
+            (
+                "-1Gi",
+                "memory.hard: \"-1Gi\" is out of range for a number of bytes",
+            ),
+            (
+                "99999999999999999999Ti",
+                "memory.hard: \"99999999999999999999Ti\" is neither a percentage of the memory limit such as 80% nor a quantity such as 1536Mi",
+            ),
+        ];
+        for (text, message) in cases {
+            let err = Threshold::parse("memory.hard", text).unwrap_err();
+            assert_eq!(err.to_string(), message, "{text}");
+        }
     }
 
     #[test]

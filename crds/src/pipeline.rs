@@ -6,9 +6,9 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::spec::{
-    EnrichEndpoint, EnrichFailurePolicy, KeywordRole, KeywordSet, KeywordsSpec, MemorySpec,
-    MigrateJob, MigrateJobSpec, MissingRowPolicy, Mode, QueryShape, QueueSpec, SecretKeyRef,
-    SinkSpec, SourceQuery, SourceSpec, SummarySpec, WorkersSpec,
+    Autoscaling, EnrichEndpoint, EnrichFailurePolicy, KeywordRole, KeywordSet, KeywordsSpec,
+    MemorySpec, MigrateJob, MigrateJobSpec, MissingRowPolicy, Mode, QueryShape, QueueSpec,
+    SecretKeyRef, SinkSpec, SourceQuery, SourceSpec, SummarySpec, WorkersSpec,
 };
 
 /// Why a pipeline file could not be read.
@@ -86,6 +86,7 @@ pub fn example_spec() -> MigrateJobSpec {
     };
     MigrateJobSpec {
         mode: Mode::Drain,
+        autoscaling: Autoscaling::Backlog,
         replicas: None,
         queue: QueueSpec {
             url_secret_ref: secret("migrate-redis", "url"),

@@ -8,6 +8,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::core::{Message, Reason, Rule};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -63,21 +64,32 @@ pub const VERSION: &str = "v1alpha1";
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = kube::core::Rule::new(
-    "!has(self.replicas) || self.replicas <= 1000"
-).message("replicas must be between 0 and 1000"))]
+#[x_kube(validation = rule(
+    "!has(self.replicas) || (has(self.autoscaling) && self.autoscaling == 'External') || self.replicas == 1",
+    "'spec.replicas %d is used only with spec.autoscaling: External, where kubectl scale, an HPA or KEDA set it; this job has autoscaling Backlog, so its workers follow the backlog between workers.minReplicas and workers.maxReplicas (set autoscaling: External to set the count)'.format([self.replicas])",
+    Reason::FieldValueForbidden,
+).field_path(".replicas"))]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::join_doc_lines)]
 pub struct MigrateJobSpec {
     /// Drain finishes the job once the queue is empty and nothing is in flight; Continuous keeps
     /// the workers waiting for new ids for as long as the job exists.
     #[serde(default)]
     pub mode: Mode,
 
-    /// Fixed number of workers, written by `kubectl scale`, an HPA or KEDA through the scale
-    /// subresource. While set it wins over the backlog-based autoscaling between
-    /// `workers.minReplicas` and `workers.maxReplicas`; remove the field to hand control back.
+    /// Who sets the number of workers. `Backlog` (the default): the operator, from the backlog,
+    /// between `workers.minReplicas` and `workers.maxReplicas`; `replicas` stays 1 and is not
+    /// used. `External`: `replicas` is the number of workers, set by hand or by `kubectl scale`,
+    /// a HorizontalPodAutoscaler or KEDA through the scale subresource.
+    #[serde(default)]
+    pub autoscaling: Autoscaling,
+
+    /// The number of workers with `autoscaling: External`, read and written through the scale
+    /// subresource (`kubectl scale`, an HPA, KEDA). The API server sets it to 1 when it is not
+    /// given, so the scale subresource answers from the job's first second. With
+    /// `autoscaling: Backlog` it must stay 1: a count that would be ignored is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1000), extend("default" = DEFAULT_REPLICAS))]
     pub replicas: Option<i32>,
 
     /// Where the ids come from: a Redis list that producers LPUSH into.
@@ -89,6 +101,7 @@ pub struct MigrateJobSpec {
     /// HTTP NLP services called for every document, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".to_owned()]))]
     pub enrich: Vec<EnrichEndpoint>,
 
     /// Keyword matching, black/white-list filtering and the summary.
@@ -108,6 +121,34 @@ pub struct MigrateJobSpec {
     /// Knobs that exist only to test the supervision. Never set them in production.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_only: Option<TestOnlySpec>,
+}
+
+/// `spec.replicas` when it is not given: what the API server stores, and what a pipeline file
+/// without it means.
+pub const DEFAULT_REPLICAS: i32 = 1;
+
+impl MigrateJobSpec {
+    /// The number of workers fixed from outside (`autoscaling: External`: `replicas`, or
+    /// [`DEFAULT_REPLICAS`] when not given); `None` when the backlog decides.
+    #[must_use]
+    pub fn fixed_replicas(&self) -> Option<i32> {
+        match self.autoscaling {
+            Autoscaling::External => Some(self.replicas.unwrap_or(DEFAULT_REPLICAS)),
+            Autoscaling::Backlog => None,
+        }
+    }
+}
+
+/// Who sets the number of workers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Autoscaling {
+    /// The operator, from the backlog: ceil(backlog / `workers.targetBacklogPerWorker`), between
+    /// `workers.minReplicas` and `workers.maxReplicas`.
+    #[default]
+    Backlog,
+    /// Whoever writes `spec.replicas`: a person, `kubectl scale`, a HorizontalPodAutoscaler or
+    /// KEDA (through the scale subresource).
+    External,
 }
 
 /// How a job ends.
@@ -164,21 +205,23 @@ fn default_heartbeat_ttl() -> u32 {
 /// The MySQL side: a connection and the queries that compose a document.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new(
-    "self.queries.filter(q, has(q.main) && q.main).size() == 1"
-).message("exactly one query must have main: true; its row is the document's top level"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "self.queries.all(q, !has(q.main) || !q.main || !has(q.shape) || q.shape == 'One')"
-).message("the main query must have shape One"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "self.queries.all(q, self.queries.exists_one(r, r.name == q.name))"
-).message("query names must be unique"))]
 pub struct SourceSpec {
     /// Secret key holding the MySQL URL, e.g. `mysql://user:password@mysql:3306/db`.
     pub url_secret_ref: SecretKeyRef,
     /// The queries run for every id. Each takes the id as its one bound parameter (`?`); the
     /// id is never spliced into SQL text.
     #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = rule(
+        "self.filter(q, has(q.main) && q.main).size() == 1",
+        "'exactly one query must have main: true (its row is the document\\'s top level); found %d: %s'.format([self.filter(q, has(q.main) && q.main).size(), self.filter(q, has(q.main) && q.main).map(q, q.name)])",
+        Reason::FieldValueInvalid,
+    ))]
+    #[x_kube(validation = rule(
+        "self.all(q, !has(q.main) || !q.main || !has(q.shape) || q.shape == 'One')",
+        "'the main query %s has shape Many; the main query must have shape One'.format([self.filter(q, has(q.main) && q.main && has(q.shape) && q.shape != 'One')[0].name])",
+        Reason::FieldValueInvalid,
+    ))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".to_owned()]))]
     pub queries: Vec<SourceQuery>,
     /// What to do with an id whose main query returns no row.
     #[serde(default)]
@@ -203,10 +246,11 @@ fn default_query_timeout() -> u32 {
 /// One named, parameterised query.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("self.sql.trim() != ''")
-    .message("sql must not be empty"))]
-#[x_kube(validation = kube::core::Rule::new("!has(self.pluck) || !has(self.shape) || self.shape == 'Many'")
-    .message("pluck applies only to queries of shape Many"))]
+#[x_kube(validation = rule(
+    "!has(self.pluck) || (has(self.shape) && self.shape == 'Many')",
+    "'pluck ' + self.pluck + ' applies only to queries of shape Many; query ' + self.name + ' has shape One'",
+    Reason::FieldValueInvalid,
+).field_path(".pluck"))]
 pub struct SourceQuery {
     /// Field of the document the result is stored under (ignored for the main query, whose
     /// columns become the document's top-level fields).
@@ -217,6 +261,16 @@ pub struct SourceQuery {
     pub name: String,
     /// SQL text with exactly one `?` placeholder for the id.
     #[schemars(length(min = 1, max = 8192))]
+    #[x_kube(validation = rule(
+        "self.trim() != ''",
+        "'sql is blank; give a query with one ? placeholder for the id'",
+        Reason::FieldValueRequired,
+    ))]
+    #[x_kube(validation = rule(
+        "self.trim() == '' || self.contains('?')",
+        "'sql ' + (self.size() > 80 ? self.substring(0, 80) + '...' : self) + ' has no ? placeholder for the id'",
+        Reason::FieldValueInvalid,
+    ))]
     pub sql: String,
     /// One: the first row as an object (null when there is none). Many: every row, as an array.
     #[serde(default)]
@@ -251,7 +305,7 @@ pub enum MissingRowPolicy {
 }
 
 /// One HTTP NLP service. The worker POSTs `{"text": <input field>}` and stores the JSON reply.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct EnrichEndpoint {
     /// Name used in metrics, logs and dead-letter reasons.
@@ -260,8 +314,19 @@ pub struct EnrichEndpoint {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// URL to POST to.
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    /// URL to POST to, `http://` or `https://`. It must not carry credentials (`user:password@`):
+    /// the spec is copied into the job's pipeline ConfigMap, and credentials live in Secrets only.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = rule(
+        CREDENTIALS_IN_URL_IS_ABSENT,
+        &format!("'URL ' + {MASKED_URL} + ' carries credentials (user:password@): the spec is copied into the job\\'s pipeline ConfigMap, and credentials belong in Secrets only'"),
+        Reason::FieldValueForbidden,
+    ))]
+    #[x_kube(validation = rule(
+        "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",
+        &format!("'URL ' + {MASKED_URL} + ' is not an http:// or https:// URL with a host'"),
+        Reason::FieldValueInvalid,
+    ))]
     pub url: String,
     /// Dotted path of the document field sent as `text`, e.g. `body`.
     #[schemars(length(min = 1, max = 255))]
@@ -313,8 +378,13 @@ pub enum EnrichFailurePolicy {
 }
 
 /// Keyword sets, filters and the summary.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rule(
+    "!has(self.sets) || self.sets.size() == 0 || has(self.configMap)",
+    "'keywords.sets names the keyword files %s, but keywords.configMap, the ConfigMap holding them, is not set'.format([self.sets.map(s, s.file)])",
+    Reason::FieldValueRequired,
+).field_path(".configMap"))]
 pub struct KeywordsSpec {
     /// ConfigMap holding the keyword files, one keyword per line (mounted into the workers;
     /// edits are picked up without a restart). In local mode, a folder with the same files.
@@ -324,6 +394,7 @@ pub struct KeywordsSpec {
     /// The keyword sets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".to_owned()]))]
     pub sets: Vec<KeywordSet>,
     /// A summary cut at a sentence end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,8 +411,24 @@ pub struct KeywordSet {
         regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
     )]
     pub name: String,
-    /// Key in the ConfigMap (file name in local mode) holding one keyword per line.
+    /// Key in the ConfigMap (file name in local mode) holding one keyword per line: a plain file
+    /// name such as `topics.txt`, made of letters, digits, `-`, `_` and `.`, never a path.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = rule(
+        "!self.startsWith('/')",
+        "'file ' + self + ' is an absolute path; name a key of keywords.configMap, a plain file name such as topics.txt'",
+        Reason::FieldValueForbidden,
+    ))]
+    #[x_kube(validation = rule(
+        "!self.matches('(^|/)[.][.](/|$)')",
+        "'file ' + self + ' climbs out of the keyword folder with ..; name a key of keywords.configMap, a plain file name such as topics.txt'",
+        Reason::FieldValueForbidden,
+    ))]
+    #[x_kube(validation = rule(
+        "self.startsWith('/') || self.matches('(^|/)[.][.](/|$)') || (self != '.' && self.matches('^[-._a-zA-Z0-9]+$'))",
+        "'file ' + self + ' is not a ConfigMap key; use letters, digits, -, _ and . only (no /)'",
+        Reason::FieldValueInvalid,
+    ))]
     pub file: String,
     /// Count: record hits and counts. Blacklist: drop a document with any hit. Whitelist: keep
     /// only documents with at least one hit.
@@ -349,7 +436,7 @@ pub struct KeywordSet {
     pub role: KeywordRole,
     /// Dotted paths of the text fields matched, e.g. `title`, `body`.
     #[serde(default = "default_keyword_fields")]
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 255)))]
     pub fields: Vec<String>,
     /// Match ASCII letters without regard to case (non-ASCII text is matched exactly).
     #[serde(default)]
@@ -413,9 +500,16 @@ fn default_summary_chars() -> u32 {
 /// The search index.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new(
-    "has(self.usernameSecretRef) == has(self.passwordSecretRef)"
-).message("usernameSecretRef and passwordSecretRef must be set together"))]
+#[x_kube(validation = rule(
+    "!has(self.usernameSecretRef) || has(self.passwordSecretRef)",
+    "'sink.usernameSecretRef (Secret ' + self.usernameSecretRef.name + ') is set without sink.passwordSecretRef; set both or neither'",
+    Reason::FieldValueRequired,
+).field_path(".passwordSecretRef"))]
+#[x_kube(validation = rule(
+    "!has(self.passwordSecretRef) || has(self.usernameSecretRef)",
+    "'sink.passwordSecretRef (Secret ' + self.passwordSecretRef.name + ') is set without sink.usernameSecretRef; set both or neither'",
+    Reason::FieldValueRequired,
+).field_path(".usernameSecretRef"))]
 pub struct SinkSpec {
     /// Secret key holding the Elasticsearch/OpenSearch URL, e.g. `https://es:9200`.
     pub url_secret_ref: SecretKeyRef,
@@ -463,18 +557,33 @@ fn default_sink_retries() -> u32 {
 /// The worker pool.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas")
-    .message("workers.minReplicas must be less than or equal to workers.maxReplicas"))]
+#[x_kube(validation = rule(
+    "self.minReplicas <= self.maxReplicas",
+    "'workers.minReplicas %d must be less than or equal to workers.maxReplicas %d'.format([self.minReplicas, self.maxReplicas])",
+    Reason::FieldValueInvalid,
+).field_path(".minReplicas"))]
 pub struct WorkersSpec {
-    /// Container image of the worker.
+    /// Container image of the worker, e.g. `ghcr.io/migrate-operator/worker:0.1.0`.
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = rule(
+        "!self.matches('\\\\s')",
+        "'image ' + self + ' contains white space, which no image reference has'",
+        Reason::FieldValueInvalid,
+    ))]
     pub image: String,
     /// Image pull policy: Always, IfNotPresent or Never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = rule(
+        "self in ['Always', 'IfNotPresent', 'Never']",
+        "'imagePullPolicy ' + self + ' is not one of Always, IfNotPresent, Never'",
+        Reason::FieldValueInvalid,
+    ))]
     pub image_pull_policy: Option<String>,
-    /// CPU and memory requests and limits of the worker container. Set `limits.memory`: the
-    /// memory thresholds given in percent are relative to it.
+    /// CPU and memory requests and limits of the worker container, e.g. `limits: {memory: 1Gi}`.
+    /// Set `limits.memory`: the memory thresholds given in percent are relative to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
     /// Fewest workers while the job runs (also while the queue is empty in Continuous mode).
     #[serde(default = "default_min_replicas")]
@@ -553,39 +662,52 @@ fn default_metrics_port() -> u16 {
 /// an absolute size in bytes with an optional Kubernetes suffix (`1536Mi`, `2G`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new(
-    "!self.soft.endsWith('%') || (int(self.soft.replace('%', '')) >= 1 && int(self.soft.replace('%', '')) <= 100)"
-).message("memory.soft in percent must be between 1% and 100%"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "!self.hard.endsWith('%') || (int(self.hard.replace('%', '')) >= 1 && int(self.hard.replace('%', '')) <= 100)"
-).message("memory.hard in percent must be between 1% and 100%"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "!(self.soft.endsWith('%') && self.hard.endsWith('%')) || int(self.soft.replace('%', '')) < int(self.hard.replace('%', ''))"
-).message("memory.soft must be lower than memory.hard"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "self.soft.endsWith('%') || self.hard.endsWith('%') || quantity(self.soft).isLessThan(quantity(self.hard))"
-).message("memory.soft must be lower than memory.hard"))]
-#[x_kube(validation = kube::core::Rule::new(
-    "!has(self.source) || self.source != 'PodMetrics' || !has(self.staleAfterSeconds) || self.staleAfterSeconds >= 30"
-).message("memory.staleAfterSeconds must be at least 30 with memory.source PodMetrics: metrics-server refreshes a pod's usage every 15 to 60 seconds"))]
+#[x_kube(validation = rule(
+    "!(self.soft.matches('^[0-9]{1,3}%$') && self.hard.matches('^[0-9]{1,3}%$')) || int(self.soft.replace('%', '')) < int(self.hard.replace('%', ''))",
+    "'memory.soft ' + self.soft + ' must be lower than memory.hard ' + self.hard",
+    Reason::FieldValueInvalid,
+).field_path(".soft"))]
+#[x_kube(validation = rule(
+    "!(isQuantity(self.soft) && isQuantity(self.hard)) || quantity(self.soft).isLessThan(quantity(self.hard))",
+    "'memory.soft ' + self.soft + ' must be lower than memory.hard ' + self.hard",
+    Reason::FieldValueInvalid,
+).field_path(".soft"))]
+#[x_kube(validation = rule(
+    "!has(self.source) || self.source != 'PodMetrics' || !has(self.staleAfterSeconds) || self.staleAfterSeconds >= 30",
+    "'memory.staleAfterSeconds %d must be at least 30 with memory.source PodMetrics: metrics-server refreshes a pod\\'s usage every 15 to 60 seconds'.format([self.staleAfterSeconds])",
+    Reason::FieldValueInvalid,
+).field_path(".staleAfterSeconds"))]
+#[x_kube(validation = rule(
+    "self.checkIntervalMs <= self.staleAfterSeconds * 1000",
+    "'memory.checkIntervalMs %d is longer than memory.staleAfterSeconds (%d s): every reading would be stale before the next one is taken'.format([self.checkIntervalMs, self.staleAfterSeconds])",
+    Reason::FieldValueInvalid,
+).field_path(".checkIntervalMs"))]
 pub struct MemorySpec {
-    /// Above this a worker is drained gracefully and replaced (a replacement starts first
-    /// while below `workers.maxReplicas`). Percent of the memory limit, or bytes.
+    /// Above this a worker is drained gracefully and replaced (a replacement starts first while
+    /// below `workers.maxReplicas`). A percentage of `workers.resources.limits.memory` such as
+    /// `80%`, or a Kubernetes quantity with a unit such as `1536Mi`, `1.5Gi`, `2G` or `1e9`
+    /// (a bare number such as `800` is refused: it would mean 800 bytes); at least `1Mi`.
     #[serde(default = "default_soft")]
-    #[schemars(
-        length(min = 1, max = 24),
-        regex(pattern = r"^[0-9]+(%|Ki|Mi|Gi|Ti|k|M|G|T)?$")
-    )]
+    #[schemars(length(min = 1, max = 24))]
+    #[x_kube(validation = threshold_syntax("soft"))]
+    #[x_kube(validation = threshold_percent_range("soft"))]
+    #[x_kube(validation = threshold_has_a_unit("soft"))]
+    #[x_kube(validation = threshold_whole_bytes("soft"))]
+    #[x_kube(validation = threshold_minimum("soft"))]
     pub soft: String,
-    /// Above this a worker is stopped at once and its in-flight ids are requeued. Percent of the
-    /// memory limit, or bytes.
+    /// Above this a worker is stopped at once and its in-flight ids are requeued. A percentage
+    /// of `workers.resources.limits.memory` such as `92%`, or a Kubernetes quantity with a unit
+    /// such as `1792Mi`, `1.75Gi` or `2G`; at least `1Mi`.
     #[serde(default = "default_hard")]
-    #[schemars(
-        length(min = 1, max = 24),
-        regex(pattern = r"^[0-9]+(%|Ki|Mi|Gi|Ti|k|M|G|T)?$")
-    )]
+    #[schemars(length(min = 1, max = 24))]
+    #[x_kube(validation = threshold_syntax("hard"))]
+    #[x_kube(validation = threshold_percent_range("hard"))]
+    #[x_kube(validation = threshold_has_a_unit("hard"))]
+    #[x_kube(validation = threshold_whole_bytes("hard"))]
+    #[x_kube(validation = threshold_minimum("hard"))]
     pub hard: String,
-    /// Milliseconds between two memory readings of each worker.
+    /// Milliseconds between two memory readings of each worker; at most
+    /// `staleAfterSeconds` × 1000, or every reading would be stale before the next.
     #[serde(default = "default_check_interval")]
     #[schemars(range(min = 100, max = 600_000))]
     pub check_interval_ms: u32,
@@ -673,4 +795,144 @@ pub struct TestOnlySpec {
 
 fn default_leak_stage() -> String {
     "enrich".to_owned()
+}
+
+// --- CEL rules shared by several fields --------------------------------------------------------
+//
+// Each rule sits on the field it checks, so the API server's error names that field
+// (`spec.memory.soft: Invalid value: ...`), and its `messageExpression` shows the offending value:
+// the API server itself only prints the value's type (`"string"`) for a failed CEL rule.
+
+/// A CEL rule whose failure message is computed from the value (`messageExpression`).
+fn rule(expression: &str, message: &str, reason: Reason) -> Rule {
+    Rule::new(expression)
+        .message(Message::Expression(message.to_owned()))
+        .reason(reason)
+}
+
+/// A memory threshold that is a bare number (`800`, `1.5`): a quantity without a unit.
+const BARE_NUMBER: &str = "'^[+-]?[0-9.]+$'";
+
+/// A rule on a memory threshold (`memory.soft` or `memory.hard`); `BARE` in `expression` stands
+/// for [`BARE_NUMBER`], and the message names the field, shows the value and says `why`.
+fn threshold_rule(field: &str, expression: &str, why: &str) -> Rule {
+    rule(
+        &expression.replace("BARE", BARE_NUMBER),
+        &format!("'memory.{field} ' + self + '{why}"),
+        Reason::FieldValueInvalid,
+    )
+}
+
+/// A percentage or a Kubernetes quantity.
+fn threshold_syntax(field: &str) -> Rule {
+    threshold_rule(
+        field,
+        "self.endsWith('%') || isQuantity(self)",
+        " is neither a percentage of the memory limit such as 80% nor a quantity such as 1536Mi'",
+    )
+}
+
+/// A percentage is a whole number from 1 to 100. The pattern is checked before `int()`, so a
+/// value such as `1.5%` gets this message rather than a CEL type conversion error.
+fn threshold_percent_range(field: &str) -> Rule {
+    threshold_rule(
+        field,
+        "!self.endsWith('%') || (self.matches('^[0-9]{1,3}%$') && int(self.replace('%', '')) >= 1 && int(self.replace('%', '')) <= 100)",
+        " is not a whole percentage between 1% and 100%'",
+    )
+}
+
+/// A size has a unit: a bare `800` would silently mean 800 bytes.
+fn threshold_has_a_unit(field: &str) -> Rule {
+    threshold_rule(
+        field,
+        "!self.matches(BARE)",
+        " has no unit, so it would mean ' + self + ' bytes; write a quantity with a unit such as ' + self + 'Mi, or a percentage of the memory limit such as 80%'",
+    )
+}
+
+/// A size is a whole number of bytes (`100m` is a tenth of a byte, not 100 megabytes). Read
+/// from the suffix (`m`, `u`, `n`, a negative exponent): the CEL quantity library's
+/// `isInteger()` is false for `1.5Gi`, a whole number of bytes. A rarer fraction such as
+/// `1.0001k` is left to `validate`, which the operator runs before any pod starts.
+fn threshold_whole_bytes(field: &str) -> Rule {
+    threshold_rule(
+        field,
+        "self.endsWith('%') || !isQuantity(self) || self.matches(BARE) || !(self.matches('[mun]$') || self.matches('[eE]-'))",
+        " is not a whole number of bytes' + (self.endsWith('m') ? ' (the m suffix means thousandths of a byte; write ' + self.replace('m', 'M') + ' or ' + self.replace('m', 'Mi') + ')' : '')",
+    )
+}
+
+/// A size of at least 1Mi: a worker uses more than that before its first task.
+fn threshold_minimum(field: &str) -> Rule {
+    threshold_rule(
+        field,
+        "self.endsWith('%') || !isQuantity(self) || self.matches(BARE) || quantity(self).compareTo(quantity('1Mi')) >= 0",
+        " is below 1Mi, less than a worker uses before its first task'",
+    )
+}
+
+/// On an URL field: no `user:password@` before the host.
+const CREDENTIALS_IN_URL_IS_ABSENT: &str = "!self.matches('^[a-zA-Z][-a-zA-Z0-9+.]*://[^/?#]*@')";
+/// The URL with its user information, when it has any, replaced by `***` (a CEL expression).
+const MASKED_URL: &str = "(self.matches('^[a-zA-Z][-a-zA-Z0-9+.]*://[^/?#]*@') ? self.substring(0, self.indexOf('://') + 3) + '***@' + self.substring(self.indexOf('@') + 1) : self)";
+
+/// The schema of `workers.resources`: the `requests` and `limits` of Kubernetes'
+/// `ResourceRequirements`, written here instead of embedded so that every value is checked as a
+/// quantity at admission (the embedded schema takes any string, and the pod create fails later)
+/// and bounded in length (CEL refuses rules whose cost it cannot bound), with short descriptions
+/// instead of the long ones of the Kubernetes type. `claims` is left out: workers use none.
+fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let quantities = |what: &str| {
+        serde_json::json!({
+            "description": format!("{what}, by resource name (`cpu`, `memory`, `ephemeral-storage`, ...)."),
+            "type": "object",
+            "maxProperties": 16,
+            "additionalProperties": {
+                "description": "A Kubernetes quantity such as `500m` (CPU) or `1536Mi`, `1.5Gi`, `2G` (memory).",
+                "x-kubernetes-int-or-string": true,
+                "maxLength": 64,
+                "x-kubernetes-validations": [{
+                    "rule": "type(self) == int || isQuantity(self)",
+                    "messageExpression": "'%s is not a Kubernetes quantity such as 500m or 1536Mi'.format([self])",
+                    "reason": "FieldValueInvalid"
+                }]
+            }
+        })
+    };
+    // Map values are read by index (`self.limits['memory']`): CEL bounds the cost of that, not
+    // of `self.limits.memory`.
+    let limit = "self.limits['memory']";
+    let limit_is_size = format!(
+        "!has(self.limits) || !('memory' in self.limits) || type({limit}) == int || !isQuantity({limit})"
+    );
+    let over_limit = "self.requests.filter(k, k in self.limits && type(self.requests[k]) == string && type(self.limits[k]) == string && isQuantity(self.requests[k]) && isQuantity(self.limits[k]) && quantity(self.requests[k]).compareTo(quantity(self.limits[k])) > 0)";
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "properties": {
+            "limits": quantities("Most of each resource the worker container may use"),
+            "requests": quantities("Resources reserved for the worker container when it is scheduled")
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": format!("{limit_is_size} || !({limit}.matches('[mun]$') || {limit}.matches('[eE]-'))"),
+                "messageExpression": format!("'%s is not a whole number of bytes%s'.format([{limit}, {limit}.endsWith('m') ? ' (the m suffix means thousandths of a byte; write ' + {limit}.replace('m', 'M') + ' or ' + {limit}.replace('m', 'Mi') + ')' : ''])"),
+                "fieldPath": ".limits['memory']",
+                "reason": "FieldValueInvalid"
+            },
+            {
+                "rule": format!("{limit_is_size} || quantity({limit}).compareTo(quantity('16Mi')) >= 0"),
+                "messageExpression": format!("'%s is below 16Mi, too little for a worker to start'.format([{limit}])"),
+                "fieldPath": ".limits['memory']",
+                "reason": "FieldValueInvalid"
+            },
+            {
+                "rule": format!("!has(self.requests) || !has(self.limits) || {over_limit}.size() == 0"),
+                "messageExpression": format!("{over_limit}.map(k, 'requests.%s %s is above limits.%s %s; Kubernetes refuses a pod whose request exceeds its limit'.format([k, self.requests[k], k, self.limits[k]]))[0]"),
+                "fieldPath": ".requests",
+                "reason": "FieldValueInvalid"
+            }
+        ]
+    })
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// What the operator last observed of a MigrateJob.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::join_doc_lines)]
 pub struct MigrateJobStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -24,7 +24,8 @@
 //!    `updated`: a rolling update), take the same path and budget as a soft-limit drain.
 //! 5. A worker drained for memory, an update or recycling gets its replacement started first, while the
 //!    pool is below `maxReplicas`.
-//! 6. Scale: desired = `spec.replicas` when set, else clamp(ceil(backlog / target), min, max).
+//! 6. Scale: desired = `spec.replicas` with `spec.autoscaling: External`, else (Backlog)
+//!    clamp(ceil(backlog / target), min, max).
 //!    Scale up at once; scale down (backlog-based only) after the stabilization window, idle
 //!    workers first, never a busy one while an idle one exists.
 
@@ -211,7 +212,8 @@ pub struct Decision {
 pub struct Settings {
     /// Drain or Continuous.
     pub mode: Mode,
-    /// `spec.replicas`: a fixed count that wins over autoscaling.
+    /// `spec.replicas` with `spec.autoscaling: External`: a count set from outside instead of
+    /// the backlog's.
     pub replicas_override: Option<u32>,
     /// Fewest workers.
     pub min_replicas: u32,
@@ -250,7 +252,7 @@ impl Settings {
         let non_negative = |v: i32| u32::try_from(v).unwrap_or(0);
         Ok(Self {
             mode: spec.mode,
-            replicas_override: spec.replicas.map(non_negative),
+            replicas_override: spec.fixed_replicas().map(non_negative),
             min_replicas: non_negative(w.min_replicas),
             max_replicas: non_negative(w.max_replicas),
             target_backlog_per_worker: u64::try_from(w.target_backlog_per_worker)

@@ -278,7 +278,12 @@ async fn a_migrate_job_gets_pods_configmap_pdb_status_and_events() {
         .as_ref()
         .and_then(|d| d.get("pipeline.yaml"))
         .expect("pipeline.yaml");
-    assert_eq!(from_yaml("cm", yaml).expect("the pipeline parses"), s);
+    // The spec as stored: the API server defaults `replicas`.
+    let stored = MigrateJobSpec {
+        replicas: s.replicas.or(Some(migrate_crds::DEFAULT_REPLICAS)),
+        ..s.clone()
+    };
+    assert_eq!(from_yaml("cm", yaml).expect("the pipeline parses"), stored);
     let pdb = Api::<PodDisruptionBudget>::namespaced(h.admin.clone(), &h.ns)
         .get("articles-workers")
         .await
@@ -332,13 +337,16 @@ async fn a_migrate_job_gets_pods_configmap_pdb_status_and_events() {
     h.finish().await;
 }
 
-/// `kubectl scale` (the scale subresource) sets the pod count both ways; scale-down through
+/// `kubectl scale` (the scale subresource) sets the pod count both ways on a job with
+/// `autoscaling: External` (1 worker until scaled, the default count); scale-down through
 /// `spec.replicas` is immediate and counted.
 #[tokio::test]
 async fn scaling_through_the_scale_subresource_changes_the_pod_count() {
     let h = Harness::start("mjt-scale").await;
     let queue = unique_name("mjq");
-    h.create_job("scaled", spec(&queue)).await;
+    let mut s = spec(&queue);
+    s.autoscaling = migrate_crds::Autoscaling::External;
+    h.create_job("scaled", s).await;
     h.wait_for_pods("scaled", 1).await;
 
     h.jobs()
@@ -377,6 +385,7 @@ async fn a_spec_edit_rolls_the_workers_and_scaling_does_not() {
     let h = Harness::start("mjt-roll").await;
     let queue = unique_name("mjq");
     let mut s = spec(&queue);
+    s.autoscaling = migrate_crds::Autoscaling::External;
     s.replicas = Some(2);
     h.create_job("rolled", s).await;
     let first = h.wait_for_pods("rolled", 2).await;
@@ -436,6 +445,7 @@ async fn a_changed_secret_rolls_the_workers() {
     let h = Harness::start("mjt-secret").await;
     let queue = unique_name("mjq");
     let mut s = spec(&queue);
+    s.autoscaling = migrate_crds::Autoscaling::External;
     s.replicas = Some(2);
     let mysql = s.source.url_secret_ref.clone();
     h.create_job("secrets", s).await;
@@ -494,6 +504,7 @@ async fn an_oom_killed_pod_is_counted_requeued_and_replaced() {
     let mut h = Harness::start("mjt-oom").await;
     let queue = unique_name("mjq");
     let mut s = spec(&queue);
+    s.autoscaling = migrate_crds::Autoscaling::External;
     s.replicas = Some(1);
     h.create_job("oom", s).await;
     let first = h
@@ -614,6 +625,7 @@ async fn deleting_the_job_requeues_in_flight_ids_and_cleans_up() {
     let mut h = Harness::start("mjt-delete").await;
     let queue = unique_name("mjq");
     let mut s = spec(&queue);
+    s.autoscaling = migrate_crds::Autoscaling::External;
     s.replicas = Some(2);
     h.create_job("doomed", s).await;
     let pods: Vec<String> = h.wait_for_pods("doomed", 2).await.into_iter().collect();
@@ -683,7 +695,8 @@ async fn deleting_the_job_requeues_in_flight_ids_and_cleans_up() {
 async fn an_invalid_spec_is_degraded_with_an_event_and_no_pods() {
     let h = Harness::start("mjt-invalid").await;
     let mut s = spec(&unique_name("mjq"));
-    s.source.queries[1].sql = "SELECT name FROM tags".to_owned();
+    // Two placeholders: admission sees a `?` and lets it through; only the operator counts them.
+    s.source.queries[1].sql = "SELECT name FROM tags WHERE a = ? OR b = ?".to_owned();
     h.create_job("broken", s).await;
     let status = h
         .wait_for_status("broken", "Degraded InvalidSpec", |s| {
@@ -781,6 +794,7 @@ async fn a_worker_above_its_hard_memory_limit_is_killed_and_replaced() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let mut s = spec(&unique_name("mjq"));
+    s.autoscaling = migrate_crds::Autoscaling::External;
     s.replicas = Some(1);
     s.workers.metrics_port = port;
     h.create_job("hungry", s).await;
@@ -815,6 +829,7 @@ async fn pod_metrics_drive_memory_supervision_when_chosen() {
     let h = Harness::start("mjt-podmetrics").await;
     k8s::install_pod_metrics_api(&h.admin).await;
     let mut s = spec(&unique_name("mjq"));
+    s.autoscaling = migrate_crds::Autoscaling::External;
     s.replicas = Some(1);
     s.memory.source = migrate_crds::MemorySource::PodMetrics;
     s.memory.stale_after_seconds = 30;

@@ -432,6 +432,7 @@ async fn scaling_down_deletes_the_idle_pod_and_keeps_the_busy_one() {
     };
     let (ctx, handle, _) = context(queue);
     let mut spec = continuous();
+    spec.autoscaling = migrate_crds::Autoscaling::External;
     spec.replicas = Some(1);
     let j = job(spec, true);
     let j2 = j.clone();
@@ -498,6 +499,7 @@ async fn scaling_down_deletes_the_idle_pod_and_keeps_the_busy_one() {
 async fn the_status_is_applied_with_conditions_selector_and_counters() {
     let (ctx, handle, _) = context(FakeQueue::default());
     let mut spec = continuous();
+    spec.autoscaling = migrate_crds::Autoscaling::External;
     spec.replicas = Some(0);
     let j = job(spec, true);
     let j2 = j.clone();

@@ -7,6 +7,8 @@
 //! - install, upgrade (values that change the Deployment and switch RBAC from cluster-wide to one
 //!   namespace) and uninstall work against the API server, and the installed roles carry exactly
 //!   the rules of `deploy/rbac/role.yaml`;
+//! - in both modes the operator may touch Leases in its own namespace only, as the API server's
+//!   authorizer answers (SubjectAccessReview, positive and negative);
 //! - wrong values are rejected with a message naming them.
 //!
 //! The testbed has no kubelet and no controllers: pods never run (so nothing waits for them) and
@@ -23,14 +25,17 @@ use std::process::Output;
 
 use futures::FutureExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, PostParams};
 use serde_json::Value;
 
-use k8s_support::{DryRun, describe, documents, dry_run_apply, read, shipped_rules};
+use k8s_support::{
+    DryRun, describe, documents, dry_run_apply, read, shipped_lease_rules, shipped_rules,
+};
 use migrate_e2e::env::repo_root;
 use migrate_e2e::k8s::{
     admin_client, create_namespace, fresh_name, install_crd, kubeconfig_path, remove_namespace,
@@ -63,6 +68,41 @@ fn the_chart_rbac_file_is_deploy_rbac_role_yaml() {
         read("deploy/rbac/role.yaml") == read("charts/migrate-operator/files/rbac-role.yaml"),
         "charts/migrate-operator/files/rbac-role.yaml differs from deploy/rbac/role.yaml: \
          run `cp deploy/rbac/role.yaml charts/migrate-operator/files/rbac-role.yaml`"
+    );
+}
+
+/// The chart's leader-election rules come from `files/rbac-leader-election.yaml`, a copy of
+/// `deploy/rbac/leader-election-role.yaml`.
+#[test]
+fn the_chart_lease_rbac_file_is_deploy_rbac_leader_election_role_yaml() {
+    assert!(
+        read("deploy/rbac/leader-election-role.yaml")
+            == read("charts/migrate-operator/files/rbac-leader-election.yaml"),
+        "charts/migrate-operator/files/rbac-leader-election.yaml differs from \
+         deploy/rbac/leader-election-role.yaml: run `cp deploy/rbac/leader-election-role.yaml \
+         charts/migrate-operator/files/rbac-leader-election.yaml`"
+    );
+}
+
+/// No cluster-wide rule touches Leases: the operator's Lease is granted by a Role in its own
+/// namespace only, so it cannot take over another component's Lease (kube-system's included).
+#[test]
+fn the_shipped_cluster_role_grants_no_lease() {
+    let leases: Vec<PolicyRule> = shipped_rules()
+        .into_iter()
+        .filter(|r| {
+            r.api_groups
+                .as_deref()
+                .is_some_and(|g| g.contains(&"coordination.k8s.io".to_owned()))
+        })
+        .collect();
+    assert!(leases.is_empty(), "{leases:?}");
+    assert!(
+        shipped_lease_rules().iter().all(|r| r.api_groups.as_deref()
+            == Some(&["coordination.k8s.io".to_owned()][..])
+            && r.resources.as_deref() == Some(&["leases".to_owned()][..])),
+        "{:?}",
+        shipped_lease_rules()
     );
 }
 
@@ -353,7 +393,8 @@ async fn helm_lint_is_clean_for_default_example_and_every_option_values() {
     }
 }
 
-/// Default values: a cluster-wide operator with two leader-electing, locked-down replicas.
+/// Default values: a cluster-wide operator with two leader-electing, locked-down replicas; the
+/// Lease is granted by a Role in the release namespace, not by the ClusterRole.
 #[tokio::test]
 async fn default_values_render_a_cluster_wide_operator_with_leader_election() {
     let helm = Helm::new();
@@ -365,6 +406,8 @@ async fn default_values_render_a_cluster_wide_operator_with_leader_election() {
             "ClusterRoleBinding",
             "Deployment",
             "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount"
         ]
@@ -382,6 +425,20 @@ async fn default_values_render_a_cluster_wide_operator_with_leader_election() {
         only(&docs, "ServiceAccount")["metadata"]["name"]
     );
     assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    let lease_role = only(&docs, "Role");
+    assert_eq!(lease_role["metadata"]["namespace"], "ops");
+    assert_eq!(rules_of(lease_role), shipped_lease_rules());
+    let lease_binding = only(&docs, "RoleBinding");
+    assert_eq!(lease_binding["metadata"]["namespace"], "ops");
+    assert_eq!(lease_binding["roleRef"]["kind"], "Role");
+    assert_eq!(
+        lease_binding["roleRef"]["name"],
+        lease_role["metadata"]["name"]
+    );
+    assert_eq!(
+        lease_binding["subjects"][0]["name"],
+        only(&docs, "ServiceAccount")["metadata"]["name"]
+    );
 
     let deployment = only(&docs, "Deployment");
     assert_eq!(deployment["spec"]["replicas"], 2);
@@ -462,18 +519,7 @@ async fn every_option_renders_namespaced_rbac_and_the_optional_objects() {
         .iter()
         .find(|r| r["metadata"]["namespace"] == "ops")
         .unwrap();
-    let lease_rules = rules_of(lease_role);
-    assert!(!lease_rules.is_empty());
-    for rule in &lease_rules {
-        assert_eq!(
-            rule.api_groups.as_deref(),
-            Some(&["coordination.k8s.io".to_owned()][..])
-        );
-        assert!(
-            shipped_rules().contains(rule),
-            "{rule:?} is not a shipped rule"
-        );
-    }
+    assert_eq!(rules_of(lease_role), shipped_lease_rules());
     assert_eq!(find(&docs, "RoleBinding").len(), 2);
 
     let deployment = only(&docs, "Deployment");
@@ -703,6 +749,12 @@ async fn install_upgrade_uninstall(
     let cluster_role = get(&cluster_roles, &cluster_name)
         .await
         .ok_or("no ClusterRole after install")?;
+    assert!(
+        get(&lease_roles, &format!("{full}-leader-election"))
+            .await
+            .is_some(),
+        "no Lease Role after install"
+    );
     assert_eq!(cluster_role.rules.unwrap_or_default(), shipped_rules());
     let binding = get(&cluster_bindings, &cluster_name)
         .await
@@ -870,5 +922,122 @@ async fn wrong_values_are_rejected_with_a_message_naming_them() {
     assert!(
         !listed.contains(&release),
         "a rejected install left a release: {listed}"
+    );
+}
+
+/// Whether the real API server lets `user` (a ServiceAccount of `account_ns`) do `verb` on
+/// `resource` of `group` in `namespace`: the question `kubectl auth can-i --as` asks, as a
+/// SubjectAccessReview.
+async fn can(
+    client: &Client,
+    (user, account_ns): (&str, &str),
+    verb: &str,
+    (group, resource): (&str, &str),
+    namespace: &str,
+) -> bool {
+    let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{account_ns}"), "system:authenticated"],
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": namespace}
+        }
+    }))
+    .unwrap();
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap_or_else(|e| panic!("SubjectAccessReview for {user}: {e}"));
+    answer.status.expect("a SubjectAccessReview status").allowed
+}
+
+/// The operator may get, create and update Leases in its own namespace and in no other, in both
+/// chart modes, as the real API server's authorizer answers: cluster-wide (the default) and
+/// confined to a watched namespace. Its job rules still reach the namespaces it watches, which
+/// shows the account is bound at all.
+#[tokio::test]
+async fn leases_are_granted_only_in_the_operator_namespace_in_both_modes() {
+    let helm = Helm::new();
+    let client = admin_client().await;
+    let ns = fresh_name("chart-lease");
+    let jobs_ns = fresh_name("chart-lease-jobs");
+    let other = fresh_name("chart-lease-other");
+    for n in [&ns, &jobs_ns, &other] {
+        create_namespace(&client, n).await;
+    }
+    let release = fresh_name("lease");
+    let outcome = AssertUnwindSafe(lease_checks(
+        &helm, &client, &release, &ns, &jobs_ns, &other,
+    ))
+    .catch_unwind()
+    .await;
+    let _ = helm.run(&["uninstall", &release, "--namespace", &ns]).await;
+    for n in [&ns, &jobs_ns, &other] {
+        remove_namespace(&client, n).await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn lease_checks(
+    helm: &Helm,
+    client: &Client,
+    release: &str,
+    ns: &str,
+    jobs_ns: &str,
+    other: &str,
+) {
+    let user = format!("system:serviceaccount:{ns}:{release}-migrate-operator");
+    let account = (user.as_str(), ns);
+    let leases = ("coordination.k8s.io", "leases");
+    let jobs = ("migrate-operator.io", "migratejobs");
+    let assert_leases_only_in_own_namespace = |mode: &'static str| async move {
+        for verb in ["get", "create", "update"] {
+            assert!(
+                can(client, account, verb, leases, ns).await,
+                "{mode}: cannot {verb} leases in its own namespace {ns}"
+            );
+            for elsewhere in ["kube-system", jobs_ns, other] {
+                assert!(
+                    !can(client, account, verb, leases, elsewhere).await,
+                    "{mode}: may {verb} leases in {elsewhere}"
+                );
+            }
+        }
+        assert!(
+            !can(client, account, "delete", leases, ns).await,
+            "{mode}: may delete its Lease"
+        );
+    };
+
+    helm.ok(&["install", release, CHART, "--namespace", ns, "--skip-crds"])
+        .await;
+    assert_leases_only_in_own_namespace("cluster-wide").await;
+    assert!(
+        can(client, account, "list", jobs, other).await,
+        "cluster-wide: cannot list MigrateJobs in {other}"
+    );
+
+    let watch = format!("watchNamespace={jobs_ns}");
+    helm.ok(&[
+        "upgrade",
+        release,
+        CHART,
+        "--namespace",
+        ns,
+        "--skip-crds",
+        "--reuse-values",
+        "--set",
+        &watch,
+    ])
+    .await;
+    assert_leases_only_in_own_namespace("one namespace").await;
+    assert!(
+        can(client, account, "list", jobs, jobs_ns).await,
+        "one namespace: cannot list MigrateJobs in {jobs_ns}"
+    );
+    assert!(
+        !can(client, account, "list", jobs, other).await,
+        "one namespace: may list MigrateJobs in {other}"
     );
 }

@@ -19,6 +19,12 @@ fn job(name: &str, spec: MigrateJobSpec) -> MigrateJob {
     job
 }
 
+/// `spec` as the API server stores it: with the schema's defaults, `replicas` among them.
+fn stored(mut spec: MigrateJobSpec) -> MigrateJobSpec {
+    spec.replicas = spec.replicas.or(Some(migrate_crds::DEFAULT_REPLICAS));
+    spec
+}
+
 /// The generated CRD installs, and a MigrateJob round-trips with its defaults applied.
 #[tokio::test]
 async fn a_migrate_job_round_trips_through_the_api_server() {
@@ -30,7 +36,7 @@ async fn a_migrate_job_round_trips_through_the_api_server() {
         .create(&PostParams::default(), &job(&name, example_spec()))
         .await
         .expect("create");
-    assert_eq!(created.spec, example_spec());
+    assert_eq!(created.spec, stored(example_spec()));
     let fetched = api.get(&name).await.expect("get");
     assert_eq!(fetched.spec.queue.key, "articles");
     assert_eq!(fetched.spec.memory.soft, "80%");
@@ -78,7 +84,7 @@ async fn status_is_written_through_the_status_subresource() {
     assert_eq!(status.backlog, 1234);
     assert_eq!(status.restarts.memory_soft, 1);
     assert_eq!(status.conditions[0].reason, "WorkersReady");
-    assert_eq!(got.spec, example_spec(), "the spec is untouched");
+    assert_eq!(got.spec, stored(example_spec()), "the spec is untouched");
     api.delete(&name, &DeleteParams::default())
         .await
         .expect("delete");
@@ -92,7 +98,9 @@ async fn the_scale_subresource_sets_spec_replicas() {
     install_crd(&client).await;
     let api: Api<MigrateJob> = Api::namespaced(client, "default");
     let name = fresh_name("smoke-scale");
-    api.create(&PostParams::default(), &job(&name, example_spec()))
+    let mut spec = example_spec();
+    spec.autoscaling = migrate_crds::Autoscaling::External;
+    api.create(&PostParams::default(), &job(&name, spec))
         .await
         .expect("create");
     api.patch_scale(
@@ -141,34 +149,37 @@ async fn invalid_jobs_are_rejected_with_a_message_a_person_understands() {
     spec.workers.max_replicas = 2;
     cases.push((
         spec,
-        "workers.minReplicas must be less than or equal to workers.maxReplicas",
+        "workers.minReplicas 5 must be less than or equal to workers.maxReplicas 2",
     ));
 
     let mut spec = example_spec();
     spec.memory.soft = "95%".to_owned();
     spec.memory.hard = "90%".to_owned();
-    cases.push((spec, "memory.soft must be lower than memory.hard"));
+    cases.push((spec, "memory.soft 95% must be lower than memory.hard 90%"));
 
     let mut spec = example_spec();
     spec.memory.soft = "2Gi".to_owned();
     spec.memory.hard = "1Gi".to_owned();
-    cases.push((spec, "memory.soft must be lower than memory.hard"));
+    cases.push((spec, "memory.soft 2Gi must be lower than memory.hard 1Gi"));
 
     let mut spec = example_spec();
     spec.memory.hard = "150%".to_owned();
-    cases.push((spec, "memory.hard in percent must be between 1% and 100%"));
+    cases.push((
+        spec,
+        "memory.hard 150% is not a whole percentage between 1% and 100%",
+    ));
 
     let mut spec = example_spec();
     spec.memory.source = migrate_crds::MemorySource::PodMetrics;
     spec.memory.stale_after_seconds = 10;
     cases.push((
         spec,
-        "memory.staleAfterSeconds must be at least 30 with memory.source PodMetrics",
+        "memory.staleAfterSeconds 10 must be at least 30 with memory.source PodMetrics",
     ));
 
     let mut spec = example_spec();
     spec.source.queries[1].sql = "   ".to_owned();
-    cases.push((spec, "sql must not be empty"));
+    cases.push((spec, "sql is blank"));
 
     let mut spec = example_spec();
     spec.source.queries[1].main = true;

@@ -79,19 +79,17 @@ of deploy/rbac/role.yaml (a test keeps the two identical and checks the installe
 {{- toYaml $role.rules }}
 {{- end }}
 
-{{/* Only the leader-election rules (coordination.k8s.io), for the Lease's own namespace. */}}
+{{/*
+The leader-election rules (the Lease), as YAML: the `rules` of files/rbac-leader-election.yaml, a
+byte-for-byte copy of deploy/rbac/leader-election-role.yaml. Granted by a Role in the release
+namespace only, in both modes.
+*/}}
 {{- define "migrate-operator.leaseRules" -}}
-{{- $role := .Files.Get "files/rbac-role.yaml" | fromYaml }}
-{{- $rules := list }}
-{{- range $role.rules }}
-{{- if has "coordination.k8s.io" .apiGroups }}
-{{- $rules = append $rules . }}
+{{- $role := .Files.Get "files/rbac-leader-election.yaml" | fromYaml }}
+{{- if or (not $role) (hasKey $role "Error") (not $role.rules) }}
+{{- fail "files/rbac-leader-election.yaml is missing or has no rules (copy deploy/rbac/leader-election-role.yaml into the chart)" }}
 {{- end }}
-{{- end }}
-{{- if not $rules }}
-{{- fail "files/rbac-role.yaml has no coordination.k8s.io rule for the leader-election Lease" }}
-{{- end }}
-{{- toYaml $rules }}
+{{- toYaml $role.rules }}
 {{- end }}
 
 {{/* Checks across values that the schema cannot express. */}}

@@ -9,7 +9,7 @@ use kube::Client;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::{self, Scope};
 use migrate_e2e::env::repo_root;
-use migrate_e2e::k8s::{MANAGER, shipped_role};
+use migrate_e2e::k8s::{MANAGER, shipped_lease_role, shipped_role};
 use serde_json::Value;
 
 /// Reads a file of the repository as text.
@@ -21,6 +21,13 @@ pub fn read(relative: &str) -> String {
 /// The rules of `deploy/rbac/role.yaml`, the operator's least-privilege role.
 pub fn shipped_rules() -> Vec<PolicyRule> {
     shipped_role().rules.expect("role.yaml has rules")
+}
+
+/// The rules of `deploy/rbac/leader-election-role.yaml`: the Lease, in the operator's namespace.
+pub fn shipped_lease_rules() -> Vec<PolicyRule> {
+    shipped_lease_role()
+        .rules
+        .expect("leader-election-role.yaml has rules")
 }
 
 /// Every document of a multi-document YAML stream, empty documents left out.

@@ -733,6 +733,7 @@ async fn a_scaled_down_worker_is_stopped_gracefully_and_counted_once() {
     let mut s = spec(&w.queue, &w.index, &w.env.nlp_url);
     s.mode = Mode::Continuous;
     s.test_only = None;
+    s.autoscaling = migrate_crds::Autoscaling::External;
     s.replicas = Some(2);
     w.create_job("scaled", s).await;
     let jobs = w.jobs();

@@ -437,9 +437,13 @@ mod tests {
 
     #[test]
     fn interval_comes_from_the_spec() {
-        // Thresholds of a few KiB resolve against any limit the host may have.
-        let w = MemoryWatch::from_spec(&spec("1Ki", "2Ki", None)).unwrap();
+        // Thresholds of a few MiB (the smallest a spec may give) resolve against any limit the
+        // host may have.
+        let w = MemoryWatch::from_spec(&spec("1Mi", "2Mi", None)).unwrap();
         assert_eq!(w.interval, Duration::from_millis(250));
-        assert_eq!((w.limits().soft, w.limits().hard), (Some(1024), Some(2048)));
+        assert_eq!(
+            (w.limits().soft, w.limits().hard),
+            (Some(1 << 20), Some(2 << 20))
+        );
     }
 }
