@@ -8,7 +8,7 @@
 //! Why not a crate: k8s-openapi's `Quantity` is only the string, and `kube_quantity` parses the
 //! number as an `f64` and converts the mantissa to an integer before scaling in its integer
 //! accessors, which loses `1.5Gi`'s half. The grammar is small; the tests below hold it to the
-//! API server's examples. (`tests/podrunner` carries the same parser for its kubelet stand-in.)
+//! API server's examples. `tests/podrunner`'s kubelet stand-in reads quantities with it too.
 //!
 //! ```
 //! use migrate_crds::quantity::{parse_nanos, whole_bytes};

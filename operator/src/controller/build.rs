@@ -268,7 +268,7 @@ pub fn referenced_secrets(spec: &MigrateJobSpec) -> BTreeSet<String> {
 }
 
 /// A digest of everything in the spec that a running worker depends on: the spec without the
-/// fields only the operator reads to size the pool (`replicas`, `workers.minReplicas`,
+/// fields only the operator reads to size the pool (`replicas`, `autoscaling`, `workers.minReplicas`,
 /// `workers.maxReplicas`, `workers.targetBacklogPerWorker`,
 /// `workers.scaleDownStabilizationSeconds`, `workers.drainSettleSeconds`). Scaling, by hand
 /// or by an autoscaler, therefore never restarts a worker; any other edit rolls them. The
@@ -282,6 +282,7 @@ pub fn template_hash(job: &MigrateJob, secrets: &SecretVersions) -> Result<Strin
     use sha2::{Digest, Sha256};
     let mut spec = job.spec.clone();
     spec.replicas = None;
+    spec.autoscaling = Default::default();
     spec.workers.min_replicas = 0;
     spec.workers.max_replicas = 0;
     spec.workers.target_backlog_per_worker = 0;

@@ -31,13 +31,14 @@
 //!    `memory.checkIntervalMs`.
 //!
 //! # Scaling
-//! Desired workers = `spec.replicas` when it is set (by `kubectl scale`, an HPA or KEDA through
-//! the scale subresource), else `clamp(ceil(backlog / workers.targetBacklogPerWorker),
-//! workers.minReplicas, workers.maxReplicas)`, where backlog = queue length + ids in flight.
-//! Scale-up is immediate. A backlog-driven scale-down waits for
-//! `workers.scaleDownStabilizationSeconds` of lower demand and stops idle workers first; a scale
-//! -down asked through `spec.replicas` is immediate (the caller already decided). Remove
-//! `spec.replicas` to hand control back to the backlog.
+//! With `spec.autoscaling: External`, desired workers = `spec.replicas`, set by `kubectl scale`,
+//! an HPA or KEDA through the scale subresource. With `Backlog` (the default), desired =
+//! `clamp(ceil(backlog / workers.targetBacklogPerWorker), workers.minReplicas,
+//! workers.maxReplicas)`, where backlog = queue length + ids in flight. Scale-up is immediate.
+//! A backlog-driven scale-down waits for `workers.scaleDownStabilizationSeconds` of lower demand
+//! and stops idle workers first; a scale-down asked through `spec.replicas` is immediate (the
+//! caller already decided). Switching the mode changes no running worker: it is not part of the
+//! pod template's hash.
 //!
 //! # Counting exactly once
 //! A pod's end is counted under its restart reason once: the operator records its decision on

@@ -321,7 +321,7 @@ pub(super) fn plan(
 
 fn scale_reason(settings: &policy::Settings, backlog: Option<policy::Backlog>) -> String {
     match (settings.replicas_override, backlog) {
-        (Some(n), _) => format!("spec.replicas is {n}"),
+        (Some(n), _) => format!("spec.replicas is {n} (autoscaling: External)"),
         (None, Some(b)) => format!(
             "backlog {} at {} per worker, between {} and {}",
             b.total(),
