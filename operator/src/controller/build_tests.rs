@@ -32,6 +32,7 @@ fn the_template_hash_ignores_scaling_fields_and_follows_everything_else() {
     assert_eq!(base.len(), 16);
     let mut scaled = job();
     scaled.spec.replicas = Some(7);
+    scaled.spec.autoscaling = migrate_crds::Autoscaling::External;
     scaled.spec.workers.min_replicas = 2;
     scaled.spec.workers.max_replicas = 9;
     scaled.spec.workers.target_backlog_per_worker = 5;
