@@ -13,15 +13,13 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use kube::client::ClientBuilder;
 use migrate_crds::Mode;
 use migrate_crds::pipeline::example_spec;
 use migrate_e2e::env::{Service, TestEnv, unique_name};
 use migrate_e2e::k8s::{self, DEADLINE, eventually};
 use migrate_operator::controller::{self, observe::RedisQueues};
-use serde_json::json;
 use tokio::sync::oneshot;
 
 /// Every request the operator's client sent: method, path (without the query), status.
@@ -151,15 +149,7 @@ async fn idle_jobs_cost_few_requests_and_deletes_end_cleanly() {
             .unwrap()
             .with_layer(&layer)
             .build();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "migrate-redis"},
-        "stringData": {"url": env.redis_url}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    k8s::create_redis_secret(&admin, &ns, &env.redis_url).await;
 
     let (stop, stopped) = oneshot::channel::<()>();
     let controller = tokio::spawn(controller::run_with(

@@ -56,15 +56,7 @@ impl Harness {
         let token = k8s::operator_token(&admin, &ns).await;
         let operator = k8s::client(k8s::with_token(&config, &token));
 
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "migrate-redis"},
-            "stringData": {"url": env.redis_url}
-        }))
-        .unwrap();
-        Api::<Secret>::namespaced(admin.clone(), &ns)
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("create the Redis Secret");
+        k8s::create_redis_secret(&admin, &ns, &env.redis_url).await;
 
         let redis = redis::Client::open(env.redis_url.as_str())
             .expect("redis url")

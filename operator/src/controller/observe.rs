@@ -8,22 +8,22 @@
 //! | [`scrape`] | each ready pod's `/metrics`, and the `metrics.k8s.io` API |
 //! | [`pods`] | pods mapped to the policy's workers (pure) |
 
+mod cache;
+
+use cache::{cached_versions, job_pods, namespace_pod_metrics, read_redis_url};
 mod error;
 mod pods;
 mod queue;
 mod scrape;
 mod secrets;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
 use migrate_contract::error_chain;
 use migrate_crds::{MemorySource, MigrateJob};
 use tracing::debug;
@@ -36,11 +36,11 @@ pub use scrape::{
 };
 pub use secrets::{RedisSecret, redis_url, secret_versions};
 
+use super::Context;
 use super::build::{self, SecretVersions};
-use super::context::{Caches, JobMemory};
+use super::context::JobMemory;
 use super::error::Error;
 use super::status::Problem;
-use super::{Context, apply};
 
 /// How long a scrape of one worker may take at most.
 pub(super) const MAX_SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -140,113 +140,6 @@ pub(super) async fn observe(
         wall: Timestamp::now(),
         instant: Instant::now(),
     })
-}
-
-/// The job's pods: from the cache when it serves, the last round wrote to no pod, and it
-/// holds every pod the last round saw (a pod missing from a cache that lags is not taken for
-/// one that vanished); else listed from the API server.
-async fn job_pods(
-    job: &MigrateJob,
-    ctx: &Context,
-    mem: &JobMemory,
-    caches: Option<&Caches>,
-) -> Result<Vec<Pod>, Error> {
-    let namespace = job.namespace().unwrap_or_default();
-    if let Some(c) = caches
-        && !mem.pods_written
-    {
-        let cached: Vec<Pod> = c
-            .pods
-            .state()
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|p| build::owned_by(p, job))
-            .map(|p| Pod::clone(p))
-            .collect();
-        let names: BTreeSet<String> = cached.iter().map(ResourceExt::name_any).collect();
-        if mem.known_pods.iter().all(|k| names.contains(k)) {
-            return Ok(cached);
-        }
-    }
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    Ok(apply::list_pods(&pods_api, &namespace, &job.name_any())
-        .await
-        .map_err(Error::apply(job))?
-        .into_iter()
-        .filter(|p| build::owned_by(p, job))
-        .collect())
-}
-
-/// The Redis URL of the job's Secret. With the caches serving, the Secret is read again only
-/// when its resource version changed, and a Secret missing from the cache does not exist.
-async fn read_redis_url(
-    job: &MigrateJob,
-    ctx: &Context,
-    caches: Option<&Caches>,
-) -> Result<RedisSecret, ObserveError> {
-    let namespace = job.namespace().unwrap_or_default();
-    let secret = &job.spec.queue.url_secret_ref;
-    let Some(c) = caches else {
-        return redis_url(&ctx.client, &namespace, secret).await;
-    };
-    let Some(meta) = c
-        .secrets
-        .get(&ObjectRef::new(&secret.name).within(&namespace))
-    else {
-        return Err(ObserveError::SecretMissing {
-            namespace,
-            name: secret.name.clone(),
-        });
-    };
-    let version = meta.resource_version().unwrap_or_default();
-    let key = format!("{namespace}/{}/{}", secret.name, secret.key);
-    if let Some(url) = ctx.redis_url_at(&key, &version) {
-        return Ok(RedisSecret { url, version });
-    }
-    let read = redis_url(&ctx.client, &namespace, secret).await?;
-    ctx.remember_redis_url(key, read.version.clone(), read.url.clone());
-    Ok(read)
-}
-
-/// The PodMetrics of `namespace`'s worker pods, listed at most once per `interval` for every
-/// job of the namespace: the jobs of one namespace wait for one list rather than each sending
-/// its own.
-async fn namespace_pod_metrics(
-    ctx: &Context,
-    namespace: &str,
-    interval: Duration,
-) -> Result<Arc<HashMap<String, PodMemory>>, ObserveError> {
-    let mut lists = ctx.pod_metrics.lock().await;
-    if let Some((at, found)) = lists.get(namespace)
-        && at.elapsed() < interval
-    {
-        return Ok(found.clone());
-    }
-    let found = Arc::new(pod_metrics(&ctx.client, namespace, build::CONTAINER).await?);
-    lists.insert(namespace.to_owned(), (Instant::now(), found.clone()));
-    Ok(found)
-}
-
-/// [`secret_versions`] from the Secrets' cache: no request.
-fn cached_versions(
-    caches: &Caches,
-    namespace: &str,
-    names: &BTreeSet<String>,
-    known: SecretVersions,
-) -> SecretVersions {
-    let mut versions = known;
-    for name in names {
-        if versions.contains_key(name) {
-            continue;
-        }
-        let version = caches
-            .secrets
-            .get(&ObjectRef::new(name).within(namespace))
-            .and_then(|m| m.resource_version())
-            .unwrap_or_default();
-        versions.insert(name.clone(), version);
-    }
-    versions
 }
 
 /// Scrapes every ready pod with an IP; unreachable pods keep their previous reading. With

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -259,6 +259,25 @@ pub async fn create_job(client: &Client, ns: &str, name: &str, spec: MigrateJobS
             .await
             .map_err(api(format!("creating MigrateJob {ns}/{name}"))),
     )
+}
+
+/// Creates the Secret `migrate-redis` in namespace `ns` holding `url` under key `url`, as the
+/// example spec's `queue.urlSecretRef` names it.
+pub async fn create_redis_secret(client: &Client, ns: &str, url: &str) {
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("migrate-redis".to_owned()),
+            ..kube::api::ObjectMeta::default()
+        },
+        string_data: Some([("url".to_owned(), url.to_owned())].into()),
+        ..Secret::default()
+    };
+    or_fail(
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(api(format!("creating the Redis Secret in {ns}"))),
+    );
 }
 
 /// The Events (`events.k8s.io/v1`) of namespace `ns` about the object named `name`.
