@@ -65,6 +65,7 @@ fn crd_snapshot_of_the_api_surface() {
         "exactly one query must have main: true",
         "sql must not be empty",
         "memory.staleAfterSeconds must be at least 30 with memory.source PodMetrics",
+        "batchLingerMs must be less than flushIntervalMs, or it never takes effect",
     ] {
         assert!(yaml.contains(message), "missing CEL message {message:?}");
     }
