@@ -411,7 +411,9 @@ mod tests {
         spec.sink.batch_linger_ms = 200;
         assert_eq!(
             problems(&spec),
-            ["sink.batchLingerMs: 200 must be less than sink.flushIntervalMs (200), or it never takes effect"]
+            [
+                "sink.batchLingerMs: 200 must be less than sink.flushIntervalMs (200), or it never takes effect"
+            ]
         );
         spec.sink.batch_linger_ms = 0;
         assert_eq!(
