@@ -1034,10 +1034,11 @@ impl Batcher {
                 () = self.shared.in_flight_changed.notified() => {}
                 () = sleep_until_opt(send_at) => {}
             }
-            if !self.pending.is_empty() && self.sending.len() < BULKS_IN_FLIGHT {
-                if let Some(trigger) = self.trigger(open, flush_interval, linger) {
-                    self.dispatch(trigger);
-                }
+            if !self.pending.is_empty()
+                && self.sending.len() < BULKS_IN_FLIGHT
+                && let Some(trigger) = self.trigger(open, flush_interval, linger)
+            {
+                self.dispatch(trigger);
             }
             if !open && self.pending.is_empty() && self.sending.is_empty() {
                 return;
