@@ -169,7 +169,8 @@ pub fn example_spec() -> MigrateJobSpec {
             index: "articles".to_owned(),
             batch_docs: 500,
             batch_bytes: 5 * 1024 * 1024,
-            flush_interval_ms: 1_000,
+            flush_interval_ms: 5_000,
+            batch_linger_ms: 100,
             retries: 5,
         },
         workers: WorkersSpec {

@@ -234,6 +234,20 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
         _ => {}
     }
 
+    // Sink: a linger at or above the flush interval would never be the reason a batch is sent.
+    let sink = &spec.sink;
+    if sink.batch_linger_ms == 0 {
+        bad("sink.batchLingerMs".into(), "0 must be at least 1".into());
+    } else if sink.batch_linger_ms >= sink.flush_interval_ms {
+        bad(
+            "sink.batchLingerMs".into(),
+            format!(
+                "{} is not below sink.flushIntervalMs ({}), so it would never send a batch; set it below the flush interval",
+                sink.batch_linger_ms, sink.flush_interval_ms
+            ),
+        );
+    }
+
     // Workers.
     let w = &spec.workers;
     if w.image.chars().any(char::is_whitespace) {
@@ -600,6 +614,27 @@ mod tests {
             found
                 .iter()
                 .any(|p| p.contains("exactly one query must have main: true, found 0"))
+        );
+    }
+
+    /// A linger that the flush interval always beats is refused, naming both values.
+    #[test]
+    fn a_linger_at_or_above_the_flush_interval_is_refused() {
+        let mut spec = example_spec();
+        spec.sink.flush_interval_ms = 200;
+        spec.sink.batch_linger_ms = 199;
+        assert_eq!(problems(&spec), Vec::<String>::new());
+        spec.sink.batch_linger_ms = 200;
+        assert_eq!(
+            problems(&spec),
+            [
+                "sink.batchLingerMs: 200 must be less than sink.flushIntervalMs (200), or it never takes effect"
+            ]
+        );
+        spec.sink.batch_linger_ms = 0;
+        assert_eq!(
+            problems(&spec),
+            ["sink.batchLingerMs: 0 must be at least 1"]
         );
     }
 

@@ -81,6 +81,7 @@ fn crd_snapshot_of_the_api_surface() {
         "carries credentials (user:password@)",
         "is an absolute path",
         "is not a Kubernetes quantity",
+        "so it would never send a batch",
     ] {
         assert!(yaml.contains(message), "missing CEL message {message:?}");
     }

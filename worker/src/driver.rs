@@ -2,28 +2,33 @@
 //!
 //! ```text
 //! taker ──permit──► BLMOVE ──► task: parse id ─► source ─► enrich ─► keywords ─┐
-//!   (Semaphore of workers.concurrency;                                          │ bounded mpsc
-//!    a permit travels with its task                                             ▼ (batchDocs)
-//!    until the task is acknowledged)      ack / dead-letter / retry ◄── batcher: bulk send
+//!   (Semaphore of workers.concurrency:                                          │ bounded mpsc
+//!    a permit covers stages A–D and is                                          ▼
+//!    given back when the document joins a batch)  ack / dead-letter / retry ◄── batcher: bulk send
 //! ```
 //!
 //! - **Taking.** One taker loop takes a permit first (plus any other free ones, up to
 //!   [`TAKE_BATCH`]), then as many ids as it holds permits: in one round trip when ids are
-//!   waiting, by a blocking pop when the queue is empty. So at most `workers.concurrency` ids
-//!   are held by this worker at any time, in Redis and in memory.
+//!   waiting, by a blocking pop when the queue is empty. So at most `workers.concurrency` tasks
+//!   are in stages A–D at any time.
 //! - **Per task.** A bad id is dead-lettered at stage `queue`; a missing main row follows
 //!   `source.onMissingRow`; a transient MySQL error (connection lost, timeout) is waited out
 //!   with backoff and the same task tried again in-process, without consuming an attempt and
 //!   with `/readyz` false meanwhile; any other failure asks for a retry (a new delivery) or a
 //!   dead letter as the stage says. A document dropped by a black/whitelist is acknowledged as
 //!   filtered.
-//! - **Batching.** One batcher owns the bulk request. It sends when the batch is full (documents
-//!   or bytes), when `sink.flushIntervalMs` passed since its first document, or at once when
-//!   every task in flight is already in it (nothing else can arrive, so waiting only adds
-//!   latency). Up to [`BULKS_IN_FLIGHT`] requests are sent at once, so the index works on one
-//!   batch while the next fills. Each item's result then ends its task: indexed → ack with its
-//!   keyword counts, rejected → dead letter at stage `sink`, failed → retry; the acks of one
-//!   response go to Redis in one script call.
+//! - **Batching.** One batcher owns the bulk request. A document that joins it gives its
+//!   permit back, so batches fill to `sink.batchDocs` or `sink.batchBytes` whatever the
+//!   concurrency; its id stays unacknowledged until the bulk answer (at-least-once and the
+//!   idempotent `_id` are unchanged). A batch is sent when full, when no document joined it for
+//!   `sink.batchLingerMs`, when `sink.flushIntervalMs` passed since its first document, or at
+//!   once when the queue ran empty and no task is left in stages A–D. A document bigger than
+//!   `sink.batchBytes` goes in a request of its own. Up to [`BULKS_IN_FLIGHT`] requests are
+//!   sent at once, so the index works on one batch while the next fills. What a worker holds is
+//!   bounded (see [`Batcher`]): `concurrency + 3 × batchDocs` ids and `3 × batchBytes` of bulk
+//!   body. Each item's result then ends its task: indexed → ack with its keyword counts,
+//!   rejected → dead letter at stage `sink`, failed → retry; the acks of one response go to
+//!   Redis in one script call.
 //! - **Stopping.** SIGTERM, the recycle count, the soft memory level, or an empty queue in drain
 //!   mode stop the taking; tasks in flight finish, the last batch is sent and acknowledged, and
 //!   the process exits with the matching [`ExitReason`] within
@@ -157,9 +162,11 @@ fn leak(stage: Stage, bytes: u64) {
 }
 
 /// Counts a task as in flight from the moment it is taken until it is finished (or given
-/// up), and holds its concurrency permit for as long.
+/// up), and holds its concurrency permit through stages A–D: the batcher gives the permit back
+/// when the document joins a bulk request ([`Slot::release_permit`]), so a document waiting
+/// for its batch to fill does not keep another task from starting.
 struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
     /// Its entry in [`Shared::held`].
     ticket: u64,
@@ -177,10 +184,16 @@ impl Slot {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(Instant::now());
         Self {
-            _permit: permit,
+            permit: Some(permit),
             shared: Arc::clone(shared),
             ticket,
         }
+    }
+
+    /// Frees the concurrency permit; the task stays in flight (held in Redis, counted in
+    /// `migrate_in_flight`) until it is finished.
+    fn release_permit(&mut self) {
+        self.permit = None;
     }
 }
 
@@ -204,7 +217,8 @@ impl Drop for Slot {
 }
 
 /// When each task this worker holds was taken, by ticket. Tickets increase, so the first
-/// entry is the oldest task. At most `workers.concurrency` entries (one per [`Slot`]).
+/// entry is the oldest task. One entry per [`Slot`]: at most the bound on tasks held (see
+/// [`Batcher`]).
 #[derive(Debug, Default)]
 struct Held {
     next: u64,
@@ -253,6 +267,8 @@ struct Shared {
     mysql_ok: AtomicBool,
 
     permits: Arc<Semaphore>,
+    /// The last take found fewer ids than it asked for: the queue ran empty.
+    queue_drained: AtomicBool,
     in_flight: AtomicUsize,
     in_flight_changed: Notify,
     /// When each task in flight was taken (for the queue-lag gauge).
@@ -486,6 +502,7 @@ impl Worker {
             ready,
             mysql_ok: AtomicBool::new(true),
             permits: Arc::new(Semaphore::new(concurrency)),
+            queue_drained: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             in_flight_changed: Notify::new(),
             held: Mutex::new(Held::default()),
@@ -549,13 +566,7 @@ impl Worker {
             let (batch_tx, batch_rx) = mpsc::channel(batch_capacity);
             let mut batcher = JoinSet::new();
             let builder = in_stage(Stage::Sink, async { shared.sink.builder() }).await;
-            let batcher_state = Batcher {
-                shared: Arc::clone(&shared),
-                builder,
-                pending: Vec::new(),
-                sending: JoinSet::new(),
-                sending_docs: 0,
-            };
+            let batcher_state = Batcher::new(Arc::clone(&shared), builder);
             batcher.spawn(batcher_state.run(batch_rx));
             let mut tasks = JoinSet::new();
             take_loop(&shared, &mut tasks, &batch_tx).await;
@@ -642,9 +653,21 @@ fn log_panic(joined: Result<(), tokio::task::JoinError>) {
 /// [`TAKE_BATCH`]), then as many ids as permits, then a task for each id.
 async fn take_loop(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, batch: &mpsc::Sender<BatchItem>) {
     let mut idle_since: Option<Instant> = None;
+    // Ids taken by this process. A worker recycling after N tasks takes no more than N: a
+    // document waiting in a batch has given its permit back, so counting permits would let it
+    // take up to a few batches past its count.
+    let mut taken_total: u64 = 0;
     loop {
         while let Some(joined) = tasks.try_join_next() {
             log_panic(joined);
+        }
+        let allowed = shared
+            .recycle_at
+            .map_or(u64::MAX, |target| target.saturating_sub(taken_total));
+        if allowed == 0 {
+            // The last tasks' completion reaches the count and stops the worker.
+            shared.stop_taking.cancelled().await;
+            return;
         }
         let first = tokio::select! {
             biased;
@@ -655,7 +678,10 @@ async fn take_loop(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, batch: &mpsc::
             },
         };
         let mut permits = vec![first];
-        while permits.len() < TAKE_BATCH {
+        let most = usize::try_from(allowed)
+            .unwrap_or(usize::MAX)
+            .min(TAKE_BATCH);
+        while permits.len() < most {
             match Arc::clone(&shared.permits).try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
@@ -676,6 +702,9 @@ async fn take_loop(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, batch: &mpsc::
                 return;
             }
         };
+        shared
+            .queue_drained
+            .store(taken.len() < permits.len(), Ordering::Release);
         if taken.is_empty() {
             drop(permits);
             if shared.mode == Mode::Drain && !shared.stop_taking.is_cancelled() {
@@ -693,6 +722,7 @@ async fn take_loop(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, batch: &mpsc::
             continue;
         }
         idle_since = None;
+        taken_total += u64::try_from(taken.len()).unwrap_or(u64::MAX);
         for (taken, permit) in taken.into_iter().zip(permits) {
             let slot = Slot::new(permit, shared);
             tasks.spawn(process(Arc::clone(shared), taken, slot, batch.clone()));
@@ -926,7 +956,7 @@ fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settl
         shared.stop(ExitReason::Recycled, format!("recycled after {done} tasks"));
     }
     // The slot is freed last, so that a worker reaching its recycle count stops taking before
-    // the slot can admit another id: it ends at most its concurrency past the count.
+    // the slot can admit another id: it ends at most what it holds past the count.
     drop(slot);
 }
 
@@ -946,14 +976,27 @@ fn item_outcome(result: ItemResult, counts: Vec<(String, u64)>) -> Option<Outcom
     }
 }
 
-/// The one batcher: fills the bulk request and hands it to a sender when it is full, old
-/// enough, or holds every task in flight that is not already being sent. Up to
-/// [`BULKS_IN_FLIGHT`] requests are sent at once, so the index works on one batch while the
-/// next one fills.
+/// The one batcher: fills the bulk request and hands it to a sender when it is full
+/// (`batchDocs` or `batchBytes`), when no document joined it for `batchLingerMs`, when
+/// `flushIntervalMs` passed since its first document, when the queue ran empty with no task
+/// left in stages A–D, or when the worker stops. Up to [`BULKS_IN_FLIGHT`] requests are sent
+/// at once, so the index works on one batch while the next one fills. A document bigger than
+/// `batchBytes` is sent in a request of its own.
+///
+/// A document gives its concurrency permit back when it joins a batch, and its task stays
+/// held (unacknowledged in Redis) until the bulk answer. What one worker holds is therefore
+/// bounded: at most `workers.concurrency` tasks in stages A–D (including those waiting to be
+/// handed to the batcher), plus `batchDocs` in the batch being filled, plus `batchDocs` in
+/// each of the [`BULKS_IN_FLIGHT`] requests being sent: `concurrency + 3 × batchDocs` ids, and
+/// `3 × batchBytes` of bulk body (a request holding one larger document counts as one of the
+/// requests in flight). The batcher stops reading new documents while the batch is full and
+/// every sender busy, which holds the tasks' permits and so stops the taking.
 struct Batcher {
     shared: Arc<Shared>,
     builder: BulkBuilder,
     pending: Vec<Pending>,
+    /// When the last document joined the batch being filled.
+    last_added: Option<Instant>,
     /// Bulk requests being sent and acknowledged; each returns its document count.
     sending: JoinSet<usize>,
     /// Documents in those requests (their tasks are still in flight).
@@ -961,14 +1004,28 @@ struct Batcher {
 }
 
 impl Batcher {
+    fn new(shared: Arc<Shared>, builder: BulkBuilder) -> Self {
+        Self {
+            shared,
+            builder,
+            pending: Vec::new(),
+            last_added: None,
+            sending: JoinSet::new(),
+            sending_docs: 0,
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<BatchItem>) {
         let flush_interval = self.shared.sink.flush_interval();
+        let linger = self.shared.sink.linger();
         let mut open = true;
         loop {
-            let flush_at = self
-                .builder
-                .oldest_age()
-                .map(|age| tokio::time::Instant::now() + flush_interval.saturating_sub(age));
+            // No timer while every sender is busy: a due batch waits for one to finish.
+            let send_at = if self.sending.len() < BULKS_IN_FLIGHT {
+                self.send_at(flush_interval, linger)
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
                 Some(joined) = self.sending.join_next(), if !self.sending.is_empty() => self.sent(joined),
@@ -977,24 +1034,72 @@ impl Batcher {
                     None => open = false,
                 },
                 () = self.shared.in_flight_changed.notified() => {}
-                () = sleep_until_opt(flush_at) => {}
+                () = sleep_until_opt(send_at) => {}
             }
-            let due = self
-                .builder
-                .oldest_age()
-                .is_some_and(|age| age >= flush_interval);
-            let nothing_else_coming =
-                self.pending.len() + self.sending_docs >= self.shared.in_flight() || !open;
             if !self.pending.is_empty()
-                && (due || nothing_else_coming || self.builder.is_full())
                 && self.sending.len() < BULKS_IN_FLIGHT
+                && let Some(trigger) = self.trigger(open, flush_interval, linger)
             {
-                self.dispatch();
+                self.dispatch(trigger);
             }
             if !open && self.pending.is_empty() && self.sending.is_empty() {
                 return;
             }
         }
+    }
+
+    /// When the batch being filled is due by time: the linger after its last document or the
+    /// flush interval after its first, whichever comes first.
+    fn send_at(&self, flush_interval: Duration, linger: Duration) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let by_interval = self
+            .builder
+            .oldest_age()
+            .map(|age| now + flush_interval.saturating_sub(age));
+        let by_linger = self
+            .last_added
+            .map(|at| now + linger.saturating_sub(at.elapsed()));
+        match (by_interval, by_linger) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Why the batch being filled should be sent now (the `trigger` label of
+    /// `migrate_bulk_requests_total`), or `None` to keep filling it.
+    fn trigger(
+        &self,
+        open: bool,
+        flush_interval: Duration,
+        linger: Duration,
+    ) -> Option<&'static str> {
+        if self.builder.is_full() {
+            return Some("full");
+        }
+        if !open {
+            return Some("stop");
+        }
+        // Tasks still in stages A–D: in flight and neither in this batch nor being sent.
+        let in_stages = self
+            .shared
+            .in_flight()
+            .saturating_sub(self.pending.len() + self.sending_docs);
+        let nothing_coming = self.shared.queue_drained.load(Ordering::Acquire)
+            || self.shared.stop_taking.is_cancelled();
+        if in_stages == 0 && nothing_coming {
+            return Some("idle");
+        }
+        if self
+            .builder
+            .oldest_age()
+            .is_some_and(|age| age >= flush_interval)
+        {
+            return Some("interval");
+        }
+        if self.last_added.is_some_and(|at| at.elapsed() >= linger) {
+            return Some("linger");
+        }
+        None
     }
 
     fn sent(&mut self, joined: Result<usize, tokio::task::JoinError>) {
@@ -1012,27 +1117,32 @@ impl Batcher {
         }
     }
 
+    /// Waits until fewer than [`BULKS_IN_FLIGHT`] requests are being sent.
+    async fn wait_for_a_sender(&mut self) {
+        while self.sending.len() >= BULKS_IN_FLIGHT {
+            if let Some(joined) = self.sending.join_next().await {
+                self.sent(joined);
+            }
+        }
+    }
+
     /// Adds one document to the batch; when the batch has no room, sends it first (waiting for
-    /// a sender when all are busy).
+    /// a sender when all are busy). A document bigger than a batch is sent by itself.
     async fn push(&mut self, item: BatchItem) {
         let BatchItem {
             raw,
             id,
             doc,
             counts,
-            slot,
+            mut slot,
         } = item;
         let mut pushed = {
             let _stage = enter_stage(Stage::Sink);
             self.builder.push(id.clone(), &doc)
         };
         if matches!(pushed, Ok(Pushed::Full)) {
-            while self.sending.len() >= BULKS_IN_FLIGHT {
-                if let Some(joined) = self.sending.join_next().await {
-                    self.sent(joined);
-                }
-            }
-            self.dispatch();
+            self.wait_for_a_sender().await;
+            self.dispatch("full");
             let _stage = enter_stage(Stage::Sink);
             pushed = self.builder.push(id.clone(), &doc);
         }
@@ -1044,13 +1154,29 @@ impl Batcher {
             })
         };
         match pushed {
-            Ok(Pushed::Added) => self.pending.push(Pending {
-                raw,
-                id,
-                counts,
-                slot,
-                pushed: Instant::now(),
-            }),
+            Ok(Pushed::Added) => {
+                slot.release_permit();
+                self.pending.push(Pending {
+                    raw,
+                    id,
+                    counts,
+                    slot,
+                    pushed: Instant::now(),
+                });
+                self.last_added = Some(Instant::now());
+            }
+            Ok(Pushed::Alone(request)) => {
+                self.wait_for_a_sender().await;
+                slot.release_permit();
+                let item = Pending {
+                    raw,
+                    id,
+                    counts,
+                    slot,
+                    pushed: Instant::now(),
+                };
+                self.spawn_send(request, vec![item], "alone");
+            }
             // An empty batch refused it: it can never be sent.
             Ok(Pushed::Full) => {
                 let reason = "the document does not fit in an empty bulk request".to_owned();
@@ -1061,17 +1187,23 @@ impl Batcher {
     }
 
     /// Hands the current batch to a sender.
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self, trigger: &'static str) {
         let full = std::mem::replace(&mut self.builder, self.shared.sink.builder());
         let items = std::mem::take(&mut self.pending);
+        self.last_added = None;
         if items.is_empty() {
             return;
         }
+        self.spawn_send(full.finish(), items, trigger);
+    }
+
+    fn spawn_send(&mut self, request: BulkRequest, items: Vec<Pending>, trigger: &'static str) {
         let docs = items.len();
         self.sending_docs += docs;
+        self.shared.metrics.bulk_sent(trigger);
         let shared = Arc::clone(&self.shared);
         self.sending.spawn(async move {
-            send(&shared, full.finish(), items).await;
+            send(&shared, request, items).await;
             docs
         });
     }

@@ -41,6 +41,9 @@ const BULK_BUCKETS: [f64; 12] = [
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
 ];
 
+/// What can send a bulk request: the `trigger` label of `migrate_bulk_requests_total`.
+pub const BULK_TRIGGERS: [&str; 6] = ["full", "linger", "interval", "idle", "stop", "alone"];
+
 type Label = [(&'static str, &'static str); 1];
 type OutcomeLabel = [(&'static str, String); 1];
 
@@ -68,6 +71,7 @@ pub struct WorkerMetrics {
     stage_seconds: Family<Label, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
     bulk_docs: Histogram,
+    bulk_requests: Family<Label, Counter>,
     resident_memory: Gauge,
     cgroup_memory: Gauge,
     cgroup_working_set: Gauge,
@@ -95,6 +99,7 @@ impl WorkerMetrics {
             Family::<Label, Histogram, fn() -> Histogram>::new_with_constructor(stage_histogram);
         let in_flight = Gauge::default();
         let bulk_docs = Histogram::new(BULK_BUCKETS);
+        let bulk_requests = Family::<Label, Counter>::default();
         let resident_memory = Gauge::default();
         let cgroup_memory = Gauge::default();
         let cgroup_working_set = Gauge::default();
@@ -124,6 +129,11 @@ impl WorkerMetrics {
             "migrate_bulk_docs",
             "Documents per bulk request",
             bulk_docs.clone(),
+        );
+        registry.register(
+            "migrate_bulk_requests",
+            "Bulk requests sent, by what sent them: full (batchDocs or batchBytes reached), linger (no document for batchLingerMs), interval (flushIntervalMs since the first document), idle (queue empty, no task in progress), stop (the worker stopping) or alone (a document larger than batchBytes). Many interval or linger sends mean the documents come too slowly to fill a batch",
+            bulk_requests.clone(),
         );
         registry.register(
             "migrate_process_resident_memory_bytes",
@@ -164,6 +174,9 @@ impl WorkerMetrics {
         for outcome in OUTCOMES {
             let _ = tasks.get_or_create(&[("outcome", outcome.to_owned())]);
         }
+        for trigger in BULK_TRIGGERS {
+            let _ = bulk_requests.get_or_create(&[("trigger", trigger)]);
+        }
         for stage in Stage::ALL {
             let _ = stage_seconds.get_or_create(&stage_label(stage));
             let _ = retained.get_or_create(&stage_label(stage));
@@ -176,6 +189,7 @@ impl WorkerMetrics {
             stage_seconds,
             in_flight,
             bulk_docs,
+            bulk_requests,
             resident_memory,
             cgroup_memory,
             cgroup_working_set,
@@ -216,6 +230,13 @@ impl WorkerMetrics {
     /// Records the size of one bulk request in documents.
     pub fn observe_bulk(&self, docs: usize) {
         self.bulk_docs.observe(docs as f64);
+    }
+
+    /// Counts one bulk request by what sent it (one of [`BULK_TRIGGERS`]).
+    pub fn bulk_sent(&self, trigger: &'static str) {
+        self.bulk_requests
+            .get_or_create(&[("trigger", trigger)])
+            .inc();
     }
 
     /// Sets the memory gauges from a reading of the memory watch.
@@ -274,11 +295,12 @@ mod tests {
     use crate::memory::Level;
 
     /// Every worker metric named in the architecture page, as exposed.
-    const DOCUMENTED: [&str; 11] = [
+    const DOCUMENTED: [&str; 12] = [
         "migrate_tasks_total",
         "migrate_stage_seconds",
         "migrate_in_flight",
         "migrate_bulk_docs",
+        "migrate_bulk_requests_total",
         "migrate_process_resident_memory_bytes",
         "migrate_cgroup_memory_bytes",
         "migrate_cgroup_memory_working_set_bytes",
@@ -326,6 +348,13 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
     }
 
+    /// One value of a fresh scrape of `m`.
+    fn get_fresh(m: &WorkerMetrics, key: &str) -> f64 {
+        let v = parse_text(&m.encode());
+        *v.get(key)
+            .unwrap_or_else(|| panic!("{key} missing from {v:?}"))
+    }
+
     #[test]
     fn recorded_values_come_back_through_the_parser() {
         let m = WorkerMetrics::new();
@@ -353,6 +382,16 @@ mod tests {
         assert_eq!(get(r#"migrate_tasks_total{outcome="dead"}"#), 1.0);
         assert_eq!(get(r#"migrate_tasks_total{outcome="skipped"}"#), 0.0);
         assert_eq!(get("migrate_tasks_done"), 3.0);
+        m.bulk_sent("linger");
+        assert_eq!(
+            get_fresh(&m, r#"migrate_bulk_requests_total{trigger="linger"}"#),
+            1.0
+        );
+        assert_eq!(
+            get_fresh(&m, r#"migrate_bulk_requests_total{trigger="full"}"#),
+            0.0,
+            "every trigger is exported from the start"
+        );
         assert_eq!(m.tasks_done(), 3);
         assert_eq!(get(r#"migrate_stage_seconds_count{stage="source"}"#), 2.0);
         assert_eq!(

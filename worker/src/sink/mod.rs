@@ -19,8 +19,10 @@
 //! let sink = Sink::new(spec, "http://127.0.0.1:9200", None, None)?;
 //! let mut batch = sink.builder();
 //! let Ok(id) = TaskId::parse("42") else { return Ok(()) };
-//! if batch.push(id, doc)? == Pushed::Full {
-//!     // send `batch`, start a new one, push again
+//! match batch.push(id, doc)? {
+//!     Pushed::Added => {}
+//!     Pushed::Full => { /* send `batch`, start a new one, push again */ }
+//!     Pushed::Alone(_request) => { /* bigger than `batch_bytes`: send it by itself */ }
 //! }
 //! let stop = tokio_util::sync::CancellationToken::new();
 //! for (id, result) in sink.send(batch.finish(), &stop).await {
@@ -35,8 +37,8 @@
 //! ```
 //!
 //! Memory: a batch holds at most `batch_bytes` of body (its buffer grows by doubling, so up to
-//! about twice that is reserved), plus, while a retry is in flight, a copy of the documents
-//! being resent. Responses are filtered server-side (`filter_path`) to the fields the
+//! about twice that is reserved), or one document when that document alone is larger, plus,
+//! while a retry is in flight, a copy of the documents being resent. Responses are filtered server-side (`filter_path`) to the fields the
 //! classifier reads, so a 10,000-item response stays small.
 
 pub mod request_builder;
@@ -95,18 +97,6 @@ pub enum SinkError {
         #[source]
         source: elasticsearch::http::transport::BuildError,
     },
-    /// One document is bigger than a whole batch may be.
-    #[error(
-        "document {id} is {bytes} bytes in bulk form, more than the batch limit of {limit} bytes"
-    )]
-    TooLarge {
-        /// The task.
-        id: TaskId,
-        /// Its action line plus its source line, in bytes.
-        bytes: usize,
-        /// `batch_bytes`.
-        limit: usize,
-    },
     /// A document could not be written as JSON.
     #[error("failed to serialise document {id}")]
     Serialize {
@@ -145,7 +135,6 @@ impl SinkError {
             SinkError::InvalidUrl { .. } => "invalid-url",
             SinkError::IncompleteCredentials => "incomplete-credentials",
             SinkError::Client { .. } => "client",
-            SinkError::TooLarge { .. } => "too-large",
             SinkError::Serialize { .. } => "serialize",
             SinkError::Unreachable { .. } => "unreachable",
             SinkError::PingStatus { .. } => "ping-status",

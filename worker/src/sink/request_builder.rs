@@ -14,8 +14,10 @@
 //!
 //! Bounds: at most `batch_docs` documents and `batch_bytes` bytes of body. A document that
 //! would cross a bound is not added ([`Pushed::Full`]: send this batch and push it into the
-//! next); a document bigger than `batch_bytes` on its own can never be sent and is refused
-//! with [`SinkError::TooLarge`].
+//! next). A document bigger than `batch_bytes` on its own comes back as a request of its own
+//! ([`Pushed::Alone`]), the batch untouched: `batch_bytes` bounds how much is gathered, not
+//! what a document may weigh; only the server's refusal (413, or a size error on the item)
+//! dead-letters such a document.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -31,13 +33,16 @@ use crate::task::{Document, TaskId};
 const INITIAL_CAPACITY: usize = 64 * 1024;
 
 /// Whether [`BulkBuilder::push`] added the document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
     /// The document is in the batch.
     Added,
     /// The batch is full: the document was NOT added. Send this batch, then push the document
     /// into a new one.
     Full,
+    /// The document alone is bigger than the byte bound: it was NOT added to the batch, and
+    /// comes back as a one-document request to send by itself.
+    Alone(BulkRequest),
 }
 
 /// A batch being filled, with its bounds.
@@ -72,12 +77,11 @@ impl BulkBuilder {
     /// Serialises `doc` as an `index` action with `_id` = [`TaskId::doc_id`] and appends it.
     ///
     /// Returns [`Pushed::Full`] (document not added) when it would exceed the document count
-    /// or byte bound; the batch is left exactly as it was.
+    /// or byte bound, and [`Pushed::Alone`] with a request holding only this document when it
+    /// is bigger than the byte bound by itself; either way the batch is left exactly as it was.
     ///
     /// # Errors
-    /// - [`SinkError::TooLarge`] when the document alone is bigger than the byte bound (it can
-    ///   never be sent; dead-letter it);
-    /// - [`SinkError::Serialize`] when the document cannot be written as JSON.
+    /// [`SinkError::Serialize`] when the document cannot be written as JSON.
     pub fn push(&mut self, id: TaskId, doc: &Document) -> Result<Pushed, SinkError> {
         if self.ids.len() >= self.max_docs {
             return Ok(Pushed::Full);
@@ -93,12 +97,14 @@ impl BulkBuilder {
         }
         let item = self.buf.len() - start;
         if item > self.max_bytes {
+            // Its bytes move to a request of their own, without serialising it again.
+            let alone = self.buf.split_off(start).freeze();
             self.rewind(start);
-            return Err(SinkError::TooLarge {
-                id,
-                bytes: item,
-                limit: self.max_bytes,
-            });
+            return Ok(Pushed::Alone(BulkRequest {
+                ends: vec![alone.len()],
+                body: alone,
+                ids: vec![id],
+            }));
         }
         if self.buf.len() > self.max_bytes {
             self.rewind(start);
@@ -166,7 +172,7 @@ impl BulkBuilder {
 }
 
 /// A closed batch: the NDJSON body and the task id of each document in it, in order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BulkRequest {
     body: Bytes,
     ids: Vec<TaskId>,
@@ -328,36 +334,43 @@ mod tests {
         assert!(b.is_full());
     }
 
-    /// A document bigger than the whole byte bound is refused with its size, and does not
-    /// disturb the documents already in the batch.
+    /// A document bigger than the whole byte bound comes back as a request of its own, byte
+    /// for byte what it would have been in the batch, and the batch is left as it was, with
+    /// none of the big document's memory kept by it.
     #[test]
-    fn oversize_doc_is_refused_with_its_size() {
+    fn oversize_doc_comes_back_alone_and_leaves_the_batch_as_it_was() {
         let mut b = BulkBuilder::new(100, 1024);
         b.push(id(1), &doc(json!({"x": 1}))).unwrap();
         let before = b.bytes();
         let big = doc(json!({"body": "z".repeat(100_000)}));
-        let err = b.push(id(2), &big).unwrap_err();
-        match &err {
-            SinkError::TooLarge { id, bytes, limit } => {
-                assert_eq!(id.value, 2);
-                assert_eq!(*bytes, 22 + 100_000 + 12);
-                assert_eq!(*limit, 1024);
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(err.to_string().contains("100034 bytes"), "{err}");
+        let Pushed::Alone(alone) = b.push(id(2), &big).unwrap() else {
+            panic!("an oversize document is sent alone")
+        };
+        assert_eq!(alone.len(), 1);
+        assert_eq!(alone.ids()[0].value, 2);
+        assert_eq!(alone.bytes(), 22 + 100_000 + 12);
+        assert!(
+            alone
+                .body()
+                .starts_with(b"{\"index\":{\"_id\":\"2\"}}\n{\"body\":\"zzz")
+        );
+        assert_eq!(alone.body_of(&[0]), alone.body());
         assert_eq!((b.len(), b.bytes()), (1, before));
         assert!(
             b.buf.capacity() <= 64 * 1024,
             "oversize document left {} bytes reserved",
             b.buf.capacity()
         );
-        // Refused even into an empty batch.
+        // The batch goes on taking documents after it.
+        assert_eq!(b.push(id(3), &doc(json!({"x": 3}))).unwrap(), Pushed::Added);
+        let req = b.finish();
+        assert_eq!(
+            req.ids().iter().map(|i| i.value).collect::<Vec<_>>(),
+            [1, 3]
+        );
+        // Alone from an empty batch too.
         let mut empty = BulkBuilder::new(100, 1024);
-        assert!(matches!(
-            empty.push(id(3), &big),
-            Err(SinkError::TooLarge { .. })
-        ));
+        assert!(matches!(empty.push(id(4), &big), Ok(Pushed::Alone(_))));
         assert!(empty.is_empty());
     }
 

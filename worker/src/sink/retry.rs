@@ -26,7 +26,8 @@
 //! Whole-request statuses are classified by [`classify_request_status`] by whose fault they
 //! are: the server's availability (429, 502-504) or the job's settings (401, 403, 404) are
 //! waited for, other transient failures (408, 500) retried the same way as items, with
-//! [`Backoff`] between attempts, and a refused body (400, 413) fails without retrying.
+//! [`Backoff`] between attempts, a refused body (400) fails without retrying, and a body too
+//! large for the server (413) is split until each document is refused or taken alone.
 
 use std::time::Duration;
 
@@ -62,7 +63,10 @@ pub enum RequestClass {
     Settings,
     /// The request may succeed later (408, 500, other 5xx): retry every document in it.
     Retry,
-    /// The request as a whole was refused for its body (400, 413, ...): no document in it is
+    /// The request body is larger than the server takes (413): split it, and a document
+    /// refused alone is rejected with the server's answer.
+    TooLarge,
+    /// The request as a whole was refused for its body (400, ...): no document in it is
     /// known to be at fault, so none is rejected and none is retried now; they fail and are
     /// redelivered later.
     Fail,
@@ -74,6 +78,7 @@ pub fn classify_request_status(status: u16) -> RequestClass {
     match status {
         429 | 502..=504 => RequestClass::Unavailable,
         401 | 403 | 404 => RequestClass::Settings,
+        413 => RequestClass::TooLarge,
         _ if is_retriable_status(status) => RequestClass::Retry,
         _ => RequestClass::Fail,
     }
@@ -474,7 +479,8 @@ mod tests {
         for s in [408, 500, 501, 599] {
             assert_eq!(classify_request_status(s), RequestClass::Retry, "{s}");
         }
-        for s in [400, 405, 413] {
+        assert_eq!(classify_request_status(413), RequestClass::TooLarge);
+        for s in [400, 405, 411] {
             assert_eq!(classify_request_status(s), RequestClass::Fail, "{s}");
         }
     }

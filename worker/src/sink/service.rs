@@ -56,6 +56,7 @@ pub struct Sink {
     max_docs: usize,
     max_bytes: usize,
     flush_interval: Duration,
+    linger: Duration,
     retries: u32,
     backoff: Backoff,
     timeout: Duration,
@@ -71,6 +72,8 @@ enum Answer {
     Retry(String),
     /// The request as a whole was refused; do not retry now.
     Fail(String),
+    /// The body is larger than the server takes (413), in the server's words.
+    TooLarge(String),
 }
 
 /// A bulk attempt that found the server not there or refusing the job's settings: wait for
@@ -148,6 +151,7 @@ impl Sink {
             max_docs: usize::try_from(spec.batch_docs).unwrap_or(usize::MAX),
             max_bytes: usize::try_from(spec.batch_bytes).unwrap_or(usize::MAX),
             flush_interval: Duration::from_millis(u64::from(spec.flush_interval_ms)),
+            linger: Duration::from_millis(u64::from(spec.batch_linger_ms)),
             retries: spec.retries,
             backoff: retry::BULK_BACKOFF,
             timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -179,6 +183,12 @@ impl Sink {
     #[must_use]
     pub fn flush_interval(&self) -> Duration {
         self.flush_interval
+    }
+
+    /// How long a partial batch waits for its next document (`SinkSpec.batch_linger_ms`).
+    #[must_use]
+    pub fn linger(&self) -> Duration {
+        self.linger
     }
 
     /// The index written to.
@@ -233,9 +243,12 @@ impl Sink {
     ///
     /// Documents refused for good come back [`ItemResult::Rejected`]; documents still failing
     /// after `SinkSpec.retries` retries (or refused as a whole request for their body, e.g.
-    /// 413) come back [`ItemResult::Failed`]. While the server cannot be reached, is
-    /// unavailable or refuses the settings, the batch waits, using up no retry, until it
-    /// answers or `stop` fires; what is still unsent then comes back [`ItemResult::Unsent`].
+    /// 400) come back [`ItemResult::Failed`]. A request the server finds too large (413) is
+    /// split in halves and each half sent on its own, using up no retry; a document refused
+    /// alone comes back [`ItemResult::Rejected`] with the server's answer. While the server
+    /// cannot be reached, is unavailable or refuses the settings, the batch waits, using up no
+    /// retry, until it answers or `stop` fires; what is still unsent then comes back
+    /// [`ItemResult::Unsent`].
     pub async fn send(
         &self,
         batch: BulkRequest,
@@ -248,7 +261,28 @@ impl Sink {
             };
             n
         ];
-        let mut pending: Vec<usize> = (0..n).collect();
+        // Documents sent together; a group the server finds too large comes back in two halves.
+        let mut groups: Vec<Vec<usize>> = vec![(0..n).collect()];
+        while let Some(group) = groups.pop() {
+            if let Some((first, second)) = self.send_group(&batch, group, &mut results, stop).await
+            {
+                groups.push(second);
+                groups.push(first);
+            }
+        }
+        batch.into_ids().into_iter().zip(results).collect()
+    }
+
+    /// Sends the documents `pending` of `batch` together, resending what may still succeed,
+    /// and writes their results; returns the two halves to send instead when the server
+    /// finds the request too large.
+    async fn send_group(
+        &self,
+        batch: &BulkRequest,
+        mut pending: Vec<usize>,
+        results: &mut [ItemResult],
+        stop: &CancellationToken,
+    ) -> Option<(Vec<usize>, Vec<usize>)> {
         let mut attempts = 0u32;
         let mut waits = 0u32;
         let mut given_up = false;
@@ -316,6 +350,19 @@ impl Sink {
                         };
                     }
                 }
+                Answer::TooLarge(reason) => {
+                    if let [i] = pending[..] {
+                        warn!(index = %self.index, bytes, %reason, "The search server refuses a document sent alone as too large.");
+                        results[i] = ItemResult::Rejected {
+                            status: 413,
+                            reason: format!("{reason} (the document alone, {bytes} bytes)"),
+                        };
+                        return None;
+                    }
+                    warn!(index = %self.index, docs = pending.len(), bytes, %reason, "The search server refuses a bulk request as too large: sink.batchBytes is above its limit (http.max_content_length); sending the request in halves.");
+                    let second = pending.split_off(pending.len() / 2);
+                    return Some((pending, second));
+                }
                 Answer::Fail(reason) => {
                     warn!(index = %self.index, docs = pending.len(), %reason, "Bulk request refused; not retrying.");
                     for &i in &pending {
@@ -356,7 +403,7 @@ impl Sink {
                 }
             }
         }
-        batch.into_ids().into_iter().zip(results).collect()
+        None
     }
 
     /// Marks the server unavailable and says once per outage what to do about it.
@@ -401,7 +448,8 @@ impl Sink {
                 };
             }
         };
-        let status = response.status_code().as_u16();
+        let response_status = response.status_code();
+        let status = response_status.as_u16();
         let text = match response.bytes().await {
             Ok(b) => b,
             Err(e) => {
@@ -412,8 +460,15 @@ impl Sink {
             }
         };
         if !(200..=299).contains(&status) {
-            let reason = format!("bulk request answered HTTP {status}: {}", quote(&text));
+            // An empty body (OpenSearch's 413) leaves the status line as the server's words.
+            let words = if text.trim_ascii().is_empty() {
+                response_status.canonical_reason().unwrap_or("").to_owned()
+            } else {
+                quote(&text)
+            };
+            let reason = format!("bulk request answered HTTP {status}: {words}");
             return match retry::classify_request_status(status) {
+                RequestClass::TooLarge => Ok(Answer::TooLarge(reason)),
                 RequestClass::Unavailable => Err(Unavailable {
                     reason,
                     settings: false,
@@ -867,18 +922,67 @@ mod tests {
         assert_eq!(server.seen().len(), 2);
     }
 
-    /// A 413 on the request is about its body, not about any one document: sent once, every
+    /// A 400 on the request is about its body, not about any one document: sent once, every
     /// document Failed (retried through the queue), none Rejected.
     #[tokio::test]
     async fn a_request_refused_for_its_body_is_not_retried_and_not_rejected() {
-        let server =
-            Scripted::start(vec![Act::Reply(413, r#"{"error":"too large"}"#.into())]).await;
+        let server = Scripted::start(vec![Act::Reply(400, r#"{"error":"bad body"}"#.into())]).await;
         let sink = sink(&server.url, 5);
         let results = sink.send(batch(&sink, 2), &go()).await;
         assert_eq!(server.seen().len(), 1);
         assert!(results
             .iter()
-            .all(|(_, r)| matches!(r, ItemResult::Failed { reason } if reason.starts_with("not retried") && reason.contains("413"))));
+            .all(|(_, r)| matches!(r, ItemResult::Failed { reason } if reason.starts_with("not retried") && reason.contains("400"))));
+    }
+
+    /// A 413 splits the request in halves, using up no retry (the sink has none), and the
+    /// halves the server takes are indexed.
+    #[tokio::test]
+    async fn a_request_too_large_is_sent_in_halves() {
+        let server = Scripted::start(vec![
+            Act::Reply(413, String::new()),
+            Act::Reply(200, ok_items(&[1, 2])),
+            Act::Reply(200, ok_items(&[3, 4])),
+        ])
+        .await;
+        let sink = sink(&server.url, 0);
+        let results = sink.send(batch(&sink, 4), &go()).await;
+        assert!(
+            results.iter().all(|(_, r)| *r == ItemResult::Indexed),
+            "{results:?}"
+        );
+        let seen: Vec<Vec<String>> = server.seen().iter().map(|s| body_ids(&s.body)).collect();
+        assert_eq!(
+            seen,
+            [vec!["1", "2", "3", "4"], vec!["1", "2"], vec!["3", "4"]]
+        );
+    }
+
+    /// A document the server refuses as too large even alone is rejected with the server's
+    /// answer (its status line when the body is empty, as OpenSearch sends it); the others in
+    /// its batch are not lost.
+    #[tokio::test]
+    async fn a_document_too_large_alone_is_rejected_with_the_servers_words() {
+        let server = Scripted::start(vec![
+            Act::Reply(413, String::new()),
+            Act::Reply(200, ok_items(&[1])),
+            Act::Reply(413, String::new()),
+        ])
+        .await;
+        let sink = sink(&server.url, 3);
+        let results = sink.send(batch(&sink, 2), &go()).await;
+        assert_eq!(results[0].1, ItemResult::Indexed);
+        match &results[1].1 {
+            ItemResult::Rejected {
+                status: 413,
+                reason,
+            } => assert!(
+                reason.contains("HTTP 413: Payload Too Large") && reason.contains("alone"),
+                "{reason}"
+            ),
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        assert_eq!(server.seen().len(), 3, "no retry of a refused document");
     }
 
     /// Waits until `sink` reports `available`, failing after 10 s.

@@ -14,17 +14,19 @@
 //! ```
 //!
 //! Flags: `--articles N` (100,000), `--workers LIST` (`1,2`), `--concurrency N` (tasks in
-//! flight per worker, 64; MySQL pool and NLP calls scale with it), `--timeout SECONDS` (3,600
-//! per run), `--worker-bin PATH`, `--keep` (leave the database, index and keys behind).
+//! flight per worker, 64; MySQL pool and NLP calls scale with it), `--linger MS`
+//! (`sink.batchLingerMs`), `--timeout SECONDS` (3,600 per run), `--worker-bin PATH`, `--keep`
+//! (leave the database, index and keys behind).
 //!
 //! Figures (see [`Run::table`]): docs/s from the first id enqueued-and-taken to the last task
 //! finished; worker CPU seconds per 1,000 documents (all workers together); stage D MB/s = the
 //! articles' title and body bytes (2^20 bytes per MB) over the time the workers spent in stage D
 //! (`migrate_stage_seconds_sum{stage="keywords"}`, wall time of the matching code, which the
 //! worker runs without awaiting); peak and final RSS per worker; retained bytes per stage at the
-//! end. The index is created like the tests' (one shard, no replica, no refresh while loading,
-//! long texts stored but not indexed), so the figures are the worker's, not the full-text
-//! analysis of a 2-core search node.
+//! end; documents per bulk (mean of `migrate_bulk_docs`) and what sent the bulks
+//! (`migrate_bulk_requests_total{trigger}`). The index is created like the tests' (one shard, no
+//! replica, no refresh while loading, long texts stored but not indexed), so the figures are the
+//! worker's, not the full-text analysis of a 2-core search node.
 //!
 //! Memory of the bench itself is bounded: the ids of one data set (8 bytes each) and one
 //! reading per worker; samples are folded into peaks and last values as they come.
@@ -68,6 +70,9 @@ struct Options {
     /// Tasks in flight per worker (the MySQL pool and NLP calls scale with it).
     #[arg(long, value_name = "N", default_value = "64", value_parser = concurrency)]
     concurrency: u32,
+    /// `sink.batchLingerMs` of the workers [default: the spec's default].
+    #[arg(long, value_name = "MS", value_parser = concurrency)]
+    linger: Option<u32>,
     /// Seconds one run may take.
     #[arg(long = "timeout", value_name = "SECONDS", default_value = "3600", value_parser = seconds)]
     timeout: Duration,
@@ -306,6 +311,17 @@ impl Run {
             ));
         }
         out.push_str(&format!(" ({count:.0} tasks through stage D)\n"));
+        let metric = |key: &str| -> f64 { self.workers.iter().map(|w| w.metric(key)).sum() };
+        let bulks = metric("migrate_bulk_docs_count");
+        out.push_str(&format!(
+            "documents per bulk: mean {:.1} over {bulks:.0} bulks (at the last scrape); sent by:",
+            metric("migrate_bulk_docs_sum") / bulks.max(1.0)
+        ));
+        for trigger in ["full", "linger", "interval", "idle", "stop", "alone"] {
+            let key = format!("migrate_bulk_requests_total{{trigger=\"{trigger}\"}}");
+            out.push_str(&format!(" {trigger} {:.0}", metric(&key)));
+        }
+        out.push('\n');
         out.push_str(&format!(
             "{:<10} {:>6} {:>11} {:>12} {:>7}  retained MB at the end ({})\n",
             "worker",
@@ -500,6 +516,9 @@ async fn measure(
     spec.workers.recycle_after_tasks = None;
     spec.workers.concurrency = o.concurrency;
     spec.workers.drain_settle_seconds = 3;
+    if let Some(linger) = o.linger {
+        spec.sink.batch_linger_ms = linger;
+    }
     spec.source.pool_max = (o.concurrency / 4).clamp(4, 32);
     for endpoint in &mut spec.enrich {
         endpoint.max_concurrent = (o.concurrency / 2).clamp(4, 64);
