@@ -71,7 +71,9 @@ BRIDGE_ADDR=10.244.0.1/24
 PAUSE_IMAGE=testbed.local/pause:1
 PROBE_IMAGE=testbed.local/probe:1
 WORKER_IMAGE=testbed.local/migrate-worker:dev
+OPERATOR_IMAGE=testbed.local/migrate-operator:dev
 WORKER_BINARY=${NODE_WORKER_BINARY:-$REPO_ROOT/target/release/migrate-worker}
+OPERATOR_BINARY=${NODE_OPERATOR_BINARY:-$REPO_ROOT/target/release/migrate-operator}
 # NODE_METRICS_SERVER=0: no metrics-server (saves its first build, ~4 min, and ~40 MiB).
 NODE_METRICS_SERVER=${NODE_METRICS_SERVER:-1}
 
@@ -402,17 +404,23 @@ import_image() {
 ensure_images() {
   mkdir -p "$IMAGES_DIR"
   bash "$TESTBED_LIB_DIR/images/build.sh" tools "$IMAGES_DIR"
-  if [[ -z ${NODE_WORKER_BINARY:-} ]]; then
-    # Incremental: seconds when the release binary is current, minutes on a cold target dir.
-    log "cargo build --release -p migrate-worker (log $(log_file node-worker-build))"
-    (cd "$REPO_ROOT" && cargo build --release -p migrate-worker) \
+  local packages=()
+  [[ -n ${NODE_WORKER_BINARY:-} ]] || packages+=(-p migrate-worker)
+  [[ -n ${NODE_OPERATOR_BINARY:-} ]] || packages+=(-p migrate-operator)
+  if ((${#packages[@]})); then
+    # One cargo run for both: they share most of their dependencies. Incremental: seconds
+    # when the release binaries are current, minutes on a cold target dir.
+    log "cargo build --release ${packages[*]} (log $(log_file node-worker-build))"
+    (cd "$REPO_ROOT" && cargo build --release "${packages[@]}") \
       >>"$(log_file node-worker-build)" 2>&1 ||
-      die "cargo build --release -p migrate-worker failed; see $(log_file node-worker-build)"
+      die "cargo build --release ${packages[*]} failed; see $(log_file node-worker-build)"
   fi
   bash "$TESTBED_LIB_DIR/images/build.sh" worker "$IMAGES_DIR" "$WORKER_BINARY"
+  bash "$TESTBED_LIB_DIR/images/build.sh" operator "$IMAGES_DIR" "$OPERATOR_BINARY"
   import_image "$IMAGES_DIR/pause.tar" "$PAUSE_IMAGE"
   import_image "$IMAGES_DIR/probe.tar" "$PROBE_IMAGE"
   import_image "$IMAGES_DIR/migrate-worker.tar" "$WORKER_IMAGE"
+  import_image "$IMAGES_DIR/migrate-operator.tar" "$OPERATOR_IMAGE"
 }
 
 # --- kubelet ----------------------------------------------------------------------------
@@ -707,7 +715,8 @@ cmd_up() {
     "NODE_NAME=$NODE_NAME" \
     "NODE_CONTAINERD_ADDRESS=$CONTAINERD_SOCK" \
     "NODE_PROBE_IMAGE=$PROBE_IMAGE" \
-    "NODE_WORKER_IMAGE=$WORKER_IMAGE"
+    "NODE_WORKER_IMAGE=$WORKER_IMAGE" \
+    "NODE_OPERATOR_IMAGE=$OPERATOR_IMAGE"
   log "node up: $NODE_NAME Ready on $NODE_SERVER (Kubernetes $K8S_VERSION, $(containerd --version | awk '{print $2, $3}')), NODE_KUBECONFIG=$ADMIN_KUBECONFIG"
 }
 
