@@ -669,6 +669,11 @@ pub struct TestOnlySpec {
     #[serde(default = "default_leak_stage")]
     #[schemars(length(min = 1, max = 32))]
     pub leak_stage: String,
+    /// TEST ONLY: no restart for memory: neither the operator nor the worker drains or stops a
+    /// worker at memory.soft or memory.hard (readings are still taken and reported), so a leak
+    /// runs into the kernel's OOM killer. The control run that shows what supervision prevents.
+    #[serde(default)]
+    pub no_memory_restarts: bool,
 }
 
 fn default_leak_stage() -> String {

@@ -218,6 +218,7 @@ fn spec(queue: &str, index: &str, nlp_url: &str) -> MigrateJobSpec {
     spec.test_only = Some(TestOnlySpec {
         leak_bytes_per_task: LEAK_PER_TASK,
         leak_stage: LEAK_STAGE.to_owned(),
+        no_memory_restarts: false,
     });
     spec
 }
