@@ -268,7 +268,10 @@ impl Settings {
             min_age: Duration::from_secs(u64::from(m.min_worker_age_seconds)),
             stale_after: Duration::from_secs(u64::from(m.stale_after_seconds)),
             recycle_after_tasks: w.recycle_after_tasks,
-            memory_restarts: !spec.test_only.as_ref().is_some_and(|t| t.no_memory_restarts),
+            memory_restarts: !spec
+                .test_only
+                .as_ref()
+                .is_some_and(|t| t.no_memory_restarts),
         })
     }
 

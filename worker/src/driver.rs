@@ -359,7 +359,10 @@ impl Worker {
             }
             _ => None,
         };
-        let memory_restarts = !spec.test_only.as_ref().is_some_and(|t| t.no_memory_restarts);
+        let memory_restarts = !spec
+            .test_only
+            .as_ref()
+            .is_some_and(|t| t.no_memory_restarts);
         if !memory_restarts {
             warn!(
                 "TEST ONLY: memory.soft and memory.hard stop nothing (spec.testOnly.noMemoryRestarts): a leak ends in the kernel's OOM killer. Never use this in production."
