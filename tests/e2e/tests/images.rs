@@ -37,9 +37,9 @@ fn dockerfile_start(path: &Path) -> Start {
     let instruction = |name: &str| -> Option<String> {
         last_stage
             .lines()
+            .rev()
             .filter_map(|l| l.trim().strip_prefix(name))
-            .filter_map(|rest| rest.strip_prefix(' '))
-            .last()
+            .find_map(|rest| rest.strip_prefix(' '))
             .map(|v| v.trim().to_owned())
     };
     let exec_form = |name: &str| -> Vec<String> {
