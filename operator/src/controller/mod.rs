@@ -1114,6 +1114,14 @@ async fn reconcile_job(
     {
         problems.push(Problem::new("OomKilled", message.clone()));
     }
+    if let Some(message) = pods.iter().find_map(observe::unschedulable) {
+        problems.push(Problem::new(
+            "Unschedulable",
+            format!(
+                "a worker pod fits no node: {message} It stays Pending for a cluster autoscaler to add a node (it sees the pod's requests); else lower workers.resources.requests or widen workers.nodeSelector, tolerations or affinity"
+            ),
+        ));
+    }
     for action in &decision.actions {
         if let PolicyAction::Report(Report::AllOverSoftLimit { workers }) = action {
             problems.push(Problem::new(

@@ -584,6 +584,24 @@ pub fn already_reaped(pod: &Pod) -> bool {
     annotation(pod, REAPED).is_some()
 }
 
+/// The scheduler's message when `pod` cannot be placed on any node (its `PodScheduled`
+/// condition is False with reason `Unschedulable`), e.g. `0/1 nodes are available: 1
+/// Insufficient memory.`
+#[must_use]
+pub fn unschedulable(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        })
+        .map(|c| c.message.clone().unwrap_or_default())
+}
+
 /// How an ended pod ended, or `None` while it runs (phase other than Succeeded/Failed).
 #[must_use]
 pub fn exit_status(pod: &Pod) -> Option<ExitStatus> {
@@ -699,6 +717,31 @@ mod tests {
         let mut bad_memory = body;
         bad_memory["containers"][1]["usage"]["memory"] = json!("lots");
         assert_eq!(parse_pod_memory(&bad_memory, "worker"), None);
+    }
+
+    /// The scheduler's message is taken from PodScheduled=False/Unschedulable only: a pod merely
+    /// not yet scheduled, or scheduled, is no problem.
+    #[test]
+    fn an_unschedulable_pod_gives_the_schedulers_message() {
+        let with = |status: &str, reason: &str| {
+            pod(json!({
+                "metadata": {"name": "w-1"},
+                "status": {"phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": status, "reason": reason,
+                    "message": "0/1 nodes are available: 1 Insufficient memory."
+                }]}
+            }))
+        };
+        assert_eq!(
+            unschedulable(&with("False", "Unschedulable")).as_deref(),
+            Some("0/1 nodes are available: 1 Insufficient memory.")
+        );
+        assert_eq!(unschedulable(&with("False", "SchedulingGated")), None);
+        assert_eq!(unschedulable(&with("True", "")), None);
+        assert_eq!(
+            unschedulable(&pod(json!({"metadata": {"name": "w-2"}}))),
+            None
+        );
     }
 
     #[test]

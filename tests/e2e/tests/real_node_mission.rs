@@ -1020,3 +1020,93 @@ async fn without_memory_supervision_the_kernel_oom_kills_and_the_operator_counts
     );
     w.finish().await;
 }
+
+/// A node too small for two workers, on the real scheduler: each worker requests 60% of the
+/// node's allocatable memory, so one runs and the other stays Pending. The operator reports
+/// the scheduler's message in a Degraded condition with reason Unschedulable, and leaves the
+/// Pending pod alone (no delete-and-recreate loop) for a cluster autoscaler to act on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_fits_no_node_stays_pending_and_is_reported_unschedulable() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let w = World::start("node-unsched", 10).await;
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(w.admin.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(nodes.items.len(), 1, "the testbed's node is alone");
+    let allocatable = nodes.items[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .and_then(|a| a.get("memory"))
+        .and_then(|q| migrate_crds::memory::parse_quantity_bytes(&q.0))
+        .expect("the node's allocatable memory");
+    let request = format!("{}Ki", allocatable / 100 * 60 / 1024);
+    let mut spec = w.spec(0);
+    spec.test_only = None;
+    spec.mode = Mode::Continuous;
+    spec.replicas = Some(2);
+    spec.workers.min_replicas = 2;
+    spec.workers.max_replicas = 2;
+    spec.workers.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(request.clone()),
+        )])),
+        requests: Some(BTreeMap::from([
+            ("memory".to_owned(), Quantity(request.clone())),
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+        ])),
+        ..Default::default()
+    });
+    k8s::create_job(&w.admin, &w.ns, "big", spec).await;
+    let jobs = w.jobs();
+    let condition = k8s::eventually(
+        Duration::from_secs(120),
+        "an Unschedulable condition",
+        || {
+            let jobs = jobs.clone();
+            async move {
+                let s = jobs.get("big").await.ok()?.status?;
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.reason == "Unschedulable" && c.status == "True")
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "each worker requests {request} of {allocatable} bytes allocatable: {} {}: {}",
+        condition.type_, condition.reason, condition.message
+    );
+    assert!(
+        condition.message.contains("Insufficient memory"),
+        "the scheduler's message is in the condition: {condition:?}"
+    );
+
+    // The Pending pod stays the same pod: never deleted and recreated.
+    let pods = w.pods();
+    let pending = |list: &[Pod]| -> Vec<String> {
+        list.iter()
+            .filter(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending")
+                    && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none()
+            })
+            .filter_map(|p| p.uid())
+            .collect()
+    };
+    let first = pending(&pods.list(&ListParams::default()).await.unwrap().items);
+    assert_eq!(first.len(), 1, "one worker fits, one does not: {first:?}");
+    let watch_until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < watch_until {
+        let list = pods.list(&ListParams::default()).await.unwrap().items;
+        assert_eq!(
+            (list.len(), pending(&list)),
+            (2, first.clone()),
+            "the Pending pod must be left alone, not replaced\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    w.finish().await;
+}
