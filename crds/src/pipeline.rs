@@ -187,6 +187,11 @@ pub fn example_spec() -> MigrateJobSpec {
                 ),
                 ..ResourceRequirements::default()
             }),
+            priority_class_name: None,
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            topology_spread_constraints: None,
             min_replicas: 1,
             max_replicas: 4,
             target_backlog_per_worker: 1_000,

@@ -7,7 +7,11 @@
 // for a duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use kube::core::{Message, Reason, Rule};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -616,6 +620,22 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
+    /// PriorityClass of the worker pods (`priorityClassName`), e.g. a low one that a cluster
+    /// autoscaler's overprovisioning pods or more urgent work may preempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Labels a node must carry to run a worker pod (`nodeSelector`), e.g. a node group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the worker pods tolerate, e.g. those of a dedicated or spot node group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node and pod affinity and anti-affinity of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the worker pods spread over zones or nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
     /// Fewest workers while the job runs (also while the queue is empty in Continuous mode).
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 0, max = 1000))]
@@ -822,6 +842,11 @@ pub struct TestOnlySpec {
     #[serde(default = "default_leak_stage")]
     #[schemars(length(min = 1, max = 32))]
     pub leak_stage: String,
+    /// TEST ONLY: no restart for memory: neither the operator nor the worker drains or stops a
+    /// worker at memory.soft or memory.hard (readings are still taken and reported), so a leak
+    /// runs into the kernel's OOM killer. The control run that shows what supervision prevents.
+    #[serde(default)]
+    pub no_memory_restarts: bool,
 }
 
 fn default_leak_stage() -> String {

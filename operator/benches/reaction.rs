@@ -82,6 +82,7 @@ async fn main() {
     scenario.spec.test_only = Some(TestOnlySpec {
         leak_bytes_per_task: LEAK_PER_TASK,
         leak_stage: "enrich".into(),
+        no_memory_restarts: false,
     });
     let soft = LocalJob::from_spec(
         scenario.job_path(),

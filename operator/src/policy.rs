@@ -239,6 +239,9 @@ pub struct Settings {
     pub stale_after: Duration,
     /// Recycle after this many tasks.
     pub recycle_after_tasks: Option<u64>,
+    /// Whether memory.soft and memory.hard restart workers; off only under
+    /// `testOnly.noMemoryRestarts`.
+    pub memory_restarts: bool,
 }
 
 impl Settings {
@@ -267,6 +270,10 @@ impl Settings {
             min_age: Duration::from_secs(u64::from(m.min_worker_age_seconds)),
             stale_after: Duration::from_secs(u64::from(m.stale_after_seconds)),
             recycle_after_tasks: w.recycle_after_tasks,
+            memory_restarts: !spec
+                .test_only
+                .as_ref()
+                .is_some_and(|t| t.no_memory_restarts),
         })
     }
 
@@ -379,6 +386,12 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
             continue;
         }
         let (soft, hard) = settings.limits_for(&reading);
+        if !settings.memory_restarts {
+            if let Some(c) = routine_candidate(settings, w) {
+                candidates.push(c);
+            }
+            continue;
+        }
         if hard.is_some_and(|h| reading.usage_bytes >= h) {
             actions.push(Action::Kill {
                 worker: w.name.clone(),

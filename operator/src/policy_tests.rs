@@ -20,6 +20,7 @@ fn settings() -> Settings {
         min_age: 10 * S,
         stale_after: 10 * S,
         recycle_after_tasks: None,
+        memory_restarts: true,
     }
 }
 
@@ -403,6 +404,21 @@ fn over_the_hard_limit_the_worker_is_killed_at_once_whatever_its_age() {
     );
     assert_eq!(kills(&d), vec![("a".to_owned(), RestartReason::MemoryHard)]);
     assert_eq!(starts(&d), 1, "the replacement starts at once");
+}
+
+/// `testOnly.noMemoryRestarts` (the control run): no line restarts a worker, not even the
+/// hard one, so the leak reaches the kernel.
+#[test]
+fn without_memory_restarts_no_line_drains_or_kills() {
+    let s = Settings {
+        memory_restarts: false,
+        ..settings()
+    };
+    let d = run(
+        &s,
+        &obs(vec![using(worker("a"), 850), using(worker("b"), 990)], 50),
+    );
+    assert!(drains(&d).is_empty() && kills(&d).is_empty(), "{d:?}");
 }
 
 #[test]

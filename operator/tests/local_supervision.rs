@@ -45,6 +45,7 @@ async fn leaking_workers_are_drained_and_replaced_before_their_hard_limit() {
     scenario.spec.test_only = Some(TestOnlySpec {
         leak_bytes_per_task: LEAK_PER_TASK,
         leak_stage: "enrich".into(),
+        no_memory_restarts: false,
     });
     let plot = scenario.dir.path().join("rss.png");
     let run = scenario.supervise(&[

@@ -333,6 +333,8 @@ struct Pending {
 struct Worker {
     shared: Arc<Shared>,
     memory: MemoryWatch,
+    /// Whether the soft and hard levels stop the worker (not under `testOnly.noMemoryRestarts`).
+    memory_restarts: bool,
     /// Stops the background loops (the HTTP server runs from start-up on).
     background: CancellationToken,
     http: tokio::task::JoinHandle<()>,
@@ -375,6 +377,15 @@ impl Worker {
             }
             _ => None,
         };
+        let memory_restarts = !spec
+            .test_only
+            .as_ref()
+            .is_some_and(|t| t.no_memory_restarts);
+        if !memory_restarts {
+            warn!(
+                "TEST ONLY: memory.soft and memory.hard stop nothing (spec.testOnly.noMemoryRestarts): a leak ends in the kernel's OOM killer. Never use this in production."
+            );
+        }
         info!(
             worker = %config.worker_id,
             queue = %spec.queue.key,
@@ -515,6 +526,7 @@ impl Worker {
         Ok(Some(Self {
             shared,
             memory,
+            memory_restarts,
             background,
             http,
             keywords_spec: spec.keywords.clone(),
@@ -528,6 +540,7 @@ impl Worker {
         let Worker {
             shared,
             memory,
+            memory_restarts,
             background,
             http,
             keywords_spec,
@@ -544,6 +557,7 @@ impl Worker {
         loops.spawn(watch_memory(
             Arc::clone(&shared),
             memory,
+            memory_restarts,
             background.clone(),
         ));
         loops.spawn(heartbeat(Arc::clone(&shared), background.clone()));
@@ -1258,8 +1272,14 @@ async fn send(shared: &Shared, request: BulkRequest, items: Vec<Pending>) {
     complete_many(shared, ended).await;
 }
 
-/// Follows the memory readings: metrics, and the soft and hard levels.
-async fn watch_memory(shared: Arc<Shared>, memory: MemoryWatch, stop: CancellationToken) {
+/// Follows the memory readings: metrics, and the soft and hard levels (acted on unless
+/// `restarts` is false, under `testOnly.noMemoryRestarts`).
+async fn watch_memory(
+    shared: Arc<Shared>,
+    memory: MemoryWatch,
+    restarts: bool,
+    stop: CancellationToken,
+) {
     let mut states = memory.subscribe();
     let sampler = tokio::spawn(memory.run(stop.clone()));
     loop {
@@ -1270,6 +1290,7 @@ async fn watch_memory(shared: Arc<Shared>, memory: MemoryWatch, stop: Cancellati
         let state = *states.borrow_and_update();
         shared.metrics.set_memory(&state);
         match state.level {
+            _ if !restarts => {}
             Level::Ok => {}
             Level::Soft => {
                 if !shared.stop_taking.is_cancelled() {

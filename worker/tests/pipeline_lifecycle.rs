@@ -73,6 +73,7 @@ async fn a_leaking_worker_drains_itself_at_the_soft_memory_level() {
     job.spec.test_only = Some(TestOnlySpec {
         leak_bytes_per_task: 4 << 20,
         leak_stage: "keywords".to_owned(),
+        no_memory_restarts: false,
     });
     let mut worker = job.spawn("w1");
     let code = worker.exit_code(Duration::from_secs(60)).await;
@@ -108,6 +109,7 @@ async fn a_worker_above_the_hard_memory_level_stops_at_once() {
     job.spec.test_only = Some(TestOnlySpec {
         leak_bytes_per_task: 256 << 20,
         leak_stage: "sink".to_owned(),
+        no_memory_restarts: false,
     });
     let mut worker = job.spawn("w1");
     let code = worker.exit_code(Duration::from_secs(60)).await;

@@ -468,6 +468,12 @@ pub fn worker_pod(job: &MigrateJob, secrets: &SecretVersions) -> Result<Pod, Bui
             containers: vec![container],
             // One pod, one process lifetime: the operator replaces exited pods itself.
             restart_policy: Some("Never".to_owned()),
+            // Scheduling is the user's: a cluster autoscaler sees these and the requests.
+            priority_class_name: workers.priority_class_name.clone(),
+            node_selector: workers.node_selector.clone(),
+            tolerations: workers.tolerations.clone(),
+            affinity: workers.affinity.clone(),
+            topology_spread_constraints: workers.topology_spread_constraints.clone(),
             termination_grace_period_seconds: Some(workers.termination_grace_period_seconds),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),

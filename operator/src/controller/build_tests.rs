@@ -453,3 +453,63 @@ fn long_job_names_keep_pod_names_within_a_host_name() {
         "app.kubernetes.io/name=migrate-worker,migrate-operator.io/job=x"
     );
 }
+
+/// The scheduling fields of `workers` reach the pod as given (a cluster autoscaler sees them),
+/// and a job without them leaves the pod's fields unset.
+#[test]
+fn worker_pods_carry_the_jobs_scheduling_fields() {
+    let plain = worker_pod(&job(), &SecretVersions::new()).unwrap();
+    let spec = plain.spec.unwrap();
+    assert_eq!(
+        (
+            spec.priority_class_name,
+            spec.node_selector,
+            spec.tolerations,
+            spec.affinity,
+            spec.topology_spread_constraints
+        ),
+        (None, None, None, None, None)
+    );
+    let mut scheduled = job();
+    let workers = &mut scheduled.spec.workers;
+    workers.priority_class_name = Some("batch-low".to_owned());
+    workers.node_selector = Some(BTreeMap::from([(
+        "node-group".to_owned(),
+        "etl".to_owned(),
+    )]));
+    workers.tolerations = Some(vec![
+        serde_json::from_value(serde_json::json!({
+            "key": "spot", "operator": "Exists", "effect": "NoSchedule"
+        }))
+        .unwrap(),
+    ]);
+    workers.affinity = Some(
+        serde_json::from_value(serde_json::json!({"podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 50, "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "migrate-worker"}}
+            }}]
+        }}))
+        .unwrap(),
+    );
+    workers.topology_spread_constraints = Some(vec![
+        serde_json::from_value(serde_json::json!({
+            "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway"
+        }))
+        .unwrap(),
+    ]);
+    let expected = scheduled.spec.workers.clone();
+    let spec = worker_pod(&scheduled, &SecretVersions::new())
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(spec.priority_class_name, expected.priority_class_name);
+    assert_eq!(spec.node_selector, expected.node_selector);
+    assert_eq!(spec.tolerations, expected.tolerations);
+    assert_eq!(spec.affinity, expected.affinity);
+    assert_eq!(
+        spec.topology_spread_constraints,
+        expected.topology_spread_constraints
+    );
+}

@@ -29,7 +29,9 @@ use migrate_crds::{MemorySource, MigrateJob};
 use tracing::debug;
 
 pub use error::ObserveError;
-pub use pods::{already_reaped, exit_status, is_ready, pod_ip, stop_reason, to_worker};
+pub use pods::{
+    already_reaped, exit_status, is_ready, pod_ip, stop_reason, to_worker, unschedulable,
+};
 pub use queue::{QueueBackend, QueueView, RedisQueues};
 pub use scrape::{
     PodMemory, Scraped, parse_pod_memory, parse_scrape, pod_metrics, pod_metrics_resource, scrape,

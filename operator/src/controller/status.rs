@@ -7,7 +7,8 @@
 //!   `Restarting`, `RestartsThrottled`, `Stable`, `Complete`).
 //! - `Degraded`: something needs a person (`InvalidSpec`, `RedisSecretMissing`,
 //!   `RedisSecretInvalid`, `RedisUnreachable`, `WorkerConfigError`, `OomKilled`,
-//!   `AllOverSoftLimit`, `MetricsUnavailable`; `AsExpected` when nothing does).
+//!   `AllOverSoftLimit`, `MetricsUnavailable`, `Unschedulable`; `AsExpected` when nothing
+//!   does).
 //! - `Complete`: drain mode finished (`Drained`; `Running` or `ContinuousMode` until then).
 //!
 //! A condition's `lastTransitionTime` changes only when its status does, and the status is

@@ -23,6 +23,9 @@ pub const DEFAULT_ES_URL: &str = "http://127.0.0.1:9250";
 pub const DEFAULT_OSMEM_URL: &str = "http://127.0.0.1:9251";
 /// Default noida (Elasticsearch-compatible server) URL.
 pub const DEFAULT_NOIDA_URL: &str = "http://127.0.0.1:9252";
+/// Default address at which pods of the real node reach the services above: the host side of the
+/// node's bridge, where `tests/testbed/components/node.sh` forwards each port to 127.0.0.1.
+pub const DEFAULT_NODE_SERVICES_HOST: &str = "10.244.0.1";
 /// Default URL of the test NLP service (`tests/nlp`).
 pub const DEFAULT_NLP_URL: &str = "http://127.0.0.1:8090";
 
@@ -132,6 +135,12 @@ pub struct TestEnv {
     /// `NODE_KUBECONFIG` of the real single-node cluster (`tests/testbed/up.sh node`), when one
     /// is known (the variable or the env file).
     pub node_kubeconfig: Option<PathBuf>,
+    /// `NODE_SERVICES_HOST`: where the real node's pods reach the loopback services (see
+    /// [`TestEnv::for_pods`]).
+    pub node_services_host: String,
+    /// `NODE_CONTAINERD_ADDRESS`: the socket of the real node's containerd, where a test
+    /// imports an image it built (`ctr --address ... images import`).
+    pub node_containerd_address: Option<PathBuf>,
 }
 
 impl TestEnv {
@@ -185,7 +194,31 @@ impl TestEnv {
             nlp_url: get("NLP_URL", DEFAULT_NLP_URL),
             kubeconfig,
             node_kubeconfig,
+            node_services_host: get("NODE_SERVICES_HOST", DEFAULT_NODE_SERVICES_HOST),
+            node_containerd_address: var("NODE_CONTAINERD_ADDRESS")
+                .filter(|v| !v.trim().is_empty())
+                .or_else(|| file.get("NODE_CONTAINERD_ADDRESS").cloned())
+                .map(PathBuf::from),
         }
+    }
+
+    /// `url` as a pod of the real node reaches it: a loopback host (`127.0.0.1`, `localhost`)
+    /// becomes [`TestEnv::node_services_host`]; any other URL is returned as it is.
+    #[must_use]
+    pub fn for_pods(&self, url: &str) -> String {
+        ["127.0.0.1", "localhost"]
+            .iter()
+            .find_map(|host| {
+                let (scheme, rest) = url.split_once("://")?;
+                let (userinfo, hostport) = match rest.split_once('@') {
+                    Some((u, h)) => (format!("{u}@"), h),
+                    None => (String::new(), rest),
+                };
+                let tail = hostport.strip_prefix(host)?;
+                (tail.is_empty() || tail.starts_with([':', '/']))
+                    .then(|| format!("{scheme}://{userinfo}{}{tail}", self.node_services_host))
+            })
+            .unwrap_or_else(|| url.to_owned())
     }
 
     /// The address a service is reached at (the kubeconfig path for Kubernetes).
@@ -476,6 +509,29 @@ mod tests {
             "{a}"
         );
         assert!(a.len() <= 64, "{a}");
+    }
+
+    #[test]
+    fn pods_of_the_node_reach_loopback_services_at_the_bridge() {
+        let env = TestEnv::from_sources(|_| None, &HashMap::new(), Path::new("/nonexistent"));
+        assert_eq!(
+            env.for_pods("mysql://migrate:migrate@127.0.0.1:3390/migrate_x"),
+            "mysql://migrate:migrate@10.244.0.1:3390/migrate_x"
+        );
+        assert_eq!(
+            env.for_pods("redis://127.0.0.1:6390"),
+            "redis://10.244.0.1:6390"
+        );
+        assert_eq!(
+            env.for_pods("http://localhost:8090/nlp"),
+            "http://10.244.0.1:8090/nlp"
+        );
+        assert_eq!(
+            env.for_pods("http://127.0.0.10:1"),
+            "http://127.0.0.10:1",
+            "only the loopback host itself is replaced"
+        );
+        assert_eq!(env.for_pods("http://search:9200"), "http://search:9200");
     }
 
     #[tokio::test]

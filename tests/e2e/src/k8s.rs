@@ -535,6 +535,37 @@ pub async fn operator_token(admin: &Client, ns: &str) -> String {
     )
 }
 
+/// Creates the ServiceAccount of [`operator_token`] in namespace `ns` (which must exist) and
+/// returns a kubeconfig (JSON) for the cluster of `kc` carrying that account's token, with
+/// `ns` as its namespace: what an operator running outside the cluster is given.
+pub async fn operator_kubeconfig(admin: &Client, kc: &Kubeconfig, ns: &str) -> String {
+    let token = operator_token(admin, ns).await;
+    let cluster = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.clone())
+        .unwrap_or_else(|| fail("the kubeconfig names no cluster"));
+    let server = cluster
+        .server
+        .unwrap_or_else(|| fail("the kubeconfig's cluster has no server"));
+    let mut cluster_json = json!({ "server": server });
+    if let Some(data) = cluster.certificate_authority_data {
+        cluster_json["certificate-authority-data"] = json!(data);
+    }
+    if let Some(path) = cluster.certificate_authority {
+        cluster_json["certificate-authority"] = json!(path);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "testbed", "cluster": cluster_json}],
+        "users": [{"name": "migrate-operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "testbed", "user": "migrate-operator", "namespace": ns}}],
+        "current-context": "operator"
+    })
+    .to_string()
+}
+
 /// Deletes the ClusterRoleBinding [`operator_token`] created for `ns` (cluster-scoped, so it
 /// does not go with the namespace). Errors are ignored.
 pub async fn remove_operator_binding(client: &Client, ns: &str) {

@@ -10,6 +10,7 @@
 //! - [`search`]: small helpers over the Elasticsearch/OpenSearch REST API.
 //! - [`k8s`]: clients for the testbed's kube-apiserver, the CRD, throw-away namespaces, a token
 //!   bound to exactly the shipped RBAC role, and polling with a deadline.
+//! - [`process`]: programs a test runs beside itself, stopped when the test ends.
 //!
 //! Every function here panics with a message naming its input when something fails: a test kit
 //! exists to make a test fail loudly, and callers are tests.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod datagen;
 pub mod env;
 pub mod k8s;
+pub mod process;
 pub mod redis;
 pub mod search;
 

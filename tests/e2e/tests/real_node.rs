@@ -24,7 +24,10 @@ const PROBE_IMAGE: &str = "testbed.local/probe:1";
 /// The worker image, made from `target/release/migrate-worker`.
 const WORKER_IMAGE: &str = "testbed.local/migrate-worker:dev";
 
-/// The non-root user both images name.
+/// The operator image, made from `target/release/migrate-operator`.
+const OPERATOR_IMAGE: &str = "testbed.local/migrate-operator:dev";
+
+/// The non-root user the images name.
 const NONROOT_UID: &str = "65532";
 
 /// How long a pod may take from creation to its end on a loaded two-core machine (it takes
@@ -249,6 +252,43 @@ async fn the_worker_image_runs_non_root_read_only_without_capabilities() {
             .is_some_and(|e| e.contains("read-only file system")),
         "writing to / must fail with EROFS: {report:?}"
     );
+}
+
+/// The operator image starts by its own entrypoint (only the arguments are given) under the
+/// hardened securityContext without naming a user: the kubelet accepts the image's user as
+/// non-root, and `migrate-operator crd` prints the CRD and exits 0 on a read-only root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_image_runs_by_its_entrypoint_as_non_root() {
+    let client = node_client().await;
+    let ns = fresh_namespace(&client, "operator-image").await;
+    let pod = json!({
+        "metadata": {"name": "operator"},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 0,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "operator",
+                "image": OPERATOR_IMAGE,
+                "imagePullPolicy": "Never",
+                "args": ["crd"],
+                "resources": {"limits": {"memory": "64Mi"}},
+                "securityContext": restricted_security_context(),
+            }],
+        },
+    });
+    let (pod, took) = run_pod(&client, &ns, pod, "the operator's pod to end", ended).await;
+    let end = terminated(&pod, "operator").cloned().unwrap();
+    let phase = pod.status.and_then(|s| s.phase);
+    println!("operator image ended after {took:?}: {end:?}");
+    remove_namespace(&client, &ns).await;
+
+    assert_eq!(
+        end.exit_code, 0,
+        "migrate-operator crd must succeed: {end:?}"
+    );
+    assert_eq!(phase.as_deref(), Some("Succeeded"));
 }
 
 /// runAsNonRoot is checked by the kubelet, not only declared: a container asking for uid 0

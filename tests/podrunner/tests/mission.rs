@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use migrate_crds::{
 use migrate_e2e::datagen::{self, DataSetSpec, FIRST_ID};
 use migrate_e2e::env::{Service, TestEnv, repo_root, unique_name};
 use migrate_e2e::k8s;
+use migrate_e2e::process::Process;
 use migrate_e2e::search;
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -85,98 +85,6 @@ fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     path
 }
 
-/// A child process that is stopped with SIGTERM (then SIGKILL) when dropped, so that a failing
-/// test leaves no operator, runner or worker behind.
-struct Process {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn start(mut command: std::process::Command, log: PathBuf) -> Self {
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        for proxy in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "ALL_PROXY",
-        ] {
-            command.env_remove(proxy);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        Self { child, log }
-    }
-
-    fn tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then up to `grace` for it to exit, then SIGKILL.
-    fn stop(&mut self, grace: Duration) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(8));
-    }
-}
-
-/// Creates the namespace and a ServiceAccount bound to the role as shipped, and returns a
-/// kubeconfig (JSON) carrying that account's token.
-async fn operator_kubeconfig(admin: &Client, kc: &kube::config::Kubeconfig, ns: &str) -> String {
-    k8s::create_namespace(admin, ns).await;
-    let token = k8s::operator_token(admin, ns).await;
-    let cluster = kc
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.clone())
-        .expect("a cluster in the kubeconfig");
-    let mut cluster_json = json!({"server": cluster.server.expect("a server")});
-    if let Some(data) = cluster.certificate_authority_data {
-        cluster_json["certificate-authority-data"] = json!(data);
-    }
-    if let Some(path) = cluster.certificate_authority {
-        cluster_json["certificate-authority"] = json!(path);
-    }
-    json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "testbed", "cluster": cluster_json}],
-        "users": [{"name": "migrate-operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "testbed", "user": "migrate-operator", "namespace": ns}}],
-        "current-context": "operator"
-    })
-    .to_string()
-}
-
 /// Removes what the test created in the cluster; the namespace is finalized by hand (the
 /// testbed has no namespace controller).
 async fn remove_namespace(admin: &Client, ns: &str) {
@@ -218,6 +126,7 @@ fn spec(queue: &str, index: &str, nlp_url: &str) -> MigrateJobSpec {
     spec.test_only = Some(TestOnlySpec {
         leak_bytes_per_task: LEAK_PER_TASK,
         leak_stage: LEAK_STAGE.to_owned(),
+        no_memory_restarts: false,
     });
     spec
 }
@@ -286,7 +195,8 @@ impl World {
             ns: ns.clone(),
             data: None,
         };
-        let operator_config = operator_kubeconfig(&admin, &kc, &ns).await;
+        k8s::create_namespace(&admin, &ns).await;
+        let operator_config = k8s::operator_kubeconfig(&admin, &kc, &ns).await;
 
         let prepare = Instant::now();
         let db_name = unique_name(&format!("migrate_{name}"));

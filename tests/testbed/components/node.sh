@@ -12,6 +12,16 @@
 # Debian packages. Images are built from local files by ../images/build.sh (no registry):
 # pods use `imagePullPolicy: Never`.
 #
+# Pods reach the testbed's services (Redis, MariaDB, OpenSearch, osmem, noida, the NLP
+# service), which listen on 127.0.0.1 only, through one socat forwarder per port listening on
+# the bridge's host address ($BRIDGE_ADDR without its prefix) and connecting to 127.0.0.1 on
+# the same port. A pod's Secrets and URLs name that address (NODE_SERVICES_HOST). Chosen over
+# DNAT to 127.0.0.1 (route_localnet on the bridge plus nat rules): a forwarder changes no
+# sysctl or iptables table of the host, it binds only to the testbed-made bridge (never to
+# the machine's outside interface), and the services see a loopback client, as their grants
+# for the `migrate` user expect. Traffic stays on this machine: pod netns -> tbnode0 -> socat
+# -> loopback.
+#
 # Host state this changes, recorded at the first `up` and restored by `down`:
 #  - routes: `unreachable` routes for the service and pod ranges, so no packet to a ClusterIP
 #    (there is no kube-proxy) or to a pod address outside the bridge follows the default route
@@ -68,10 +78,16 @@ POD_SUBNET=10.244.0.0/24
 BRIDGE=tbnode0
 BRIDGE_ADDR=10.244.0.1/24
 
+BRIDGE_IP=${BRIDGE_ADDR%/*}
+# The services' loopback ports (see their components) that pods may reach at $BRIDGE_IP.
+FORWARD_PORTS=(6390 3390 9250 9251 9252 8090)
+
 PAUSE_IMAGE=testbed.local/pause:1
 PROBE_IMAGE=testbed.local/probe:1
 WORKER_IMAGE=testbed.local/migrate-worker:dev
+OPERATOR_IMAGE=testbed.local/migrate-operator:dev
 WORKER_BINARY=${NODE_WORKER_BINARY:-$REPO_ROOT/target/release/migrate-worker}
+OPERATOR_BINARY=${NODE_OPERATOR_BINARY:-$REPO_ROOT/target/release/migrate-operator}
 # NODE_METRICS_SERVER=0: no metrics-server (saves its first build, ~4 min, and ~40 MiB).
 NODE_METRICS_SERVER=${NODE_METRICS_SERVER:-1}
 
@@ -171,6 +187,32 @@ setup_network() {
   fi
   ip addr replace "$BRIDGE_ADDR" dev "$BRIDGE"
   ip link set "$BRIDGE" up
+}
+
+# forwarding PORT: something listens on the bridge's address at PORT.
+forwarding() { [[ -n $(ss -Hltn "src $BRIDGE_IP:$1") ]]; }
+
+# start_forwarders: one socat per port of FORWARD_PORTS (see the header), from the bridge's
+# address to the same port on 127.0.0.1; `fork` serves each connection in a child.
+start_forwarders() {
+  local port name
+  for port in "${FORWARD_PORTS[@]}"; do
+    name=node-forward-$port
+    if ! pid_alive "$name"; then
+      stop_pid "$name"
+      start_bg "$name" socat "TCP-LISTEN:$port,bind=$BRIDGE_IP,reuseaddr,fork,backlog=128" \
+        "TCP:127.0.0.1:$port"
+    fi
+    poll_briefly 5 forwarding "$port" ||
+      WAIT_NAME=$name wait_until "socat on $BRIDGE_IP:$port" 30 forwarding "$port"
+  done
+}
+
+stop_forwarders() {
+  local port
+  for port in "${FORWARD_PORTS[@]}"; do
+    stop_pid "node-forward-$port"
+  done
 }
 
 # --- certificates, tokens, kubeconfigs ---------------------------------------------------
@@ -402,17 +444,23 @@ import_image() {
 ensure_images() {
   mkdir -p "$IMAGES_DIR"
   bash "$TESTBED_LIB_DIR/images/build.sh" tools "$IMAGES_DIR"
-  if [[ -z ${NODE_WORKER_BINARY:-} ]]; then
-    # Incremental: seconds when the release binary is current, minutes on a cold target dir.
-    log "cargo build --release -p migrate-worker (log $(log_file node-worker-build))"
-    (cd "$REPO_ROOT" && cargo build --release -p migrate-worker) \
+  local packages=()
+  [[ -n ${NODE_WORKER_BINARY:-} ]] || packages+=(-p migrate-worker)
+  [[ -n ${NODE_OPERATOR_BINARY:-} ]] || packages+=(-p migrate-operator)
+  if ((${#packages[@]})); then
+    # One cargo run for both: they share most of their dependencies. Incremental: seconds
+    # when the release binaries are current, minutes on a cold target dir.
+    log "cargo build --release ${packages[*]} (log $(log_file node-worker-build))"
+    (cd "$REPO_ROOT" && cargo build --release "${packages[@]}") \
       >>"$(log_file node-worker-build)" 2>&1 ||
-      die "cargo build --release -p migrate-worker failed; see $(log_file node-worker-build)"
+      die "cargo build --release ${packages[*]} failed; see $(log_file node-worker-build)"
   fi
   bash "$TESTBED_LIB_DIR/images/build.sh" worker "$IMAGES_DIR" "$WORKER_BINARY"
+  bash "$TESTBED_LIB_DIR/images/build.sh" operator "$IMAGES_DIR" "$OPERATOR_BINARY"
   import_image "$IMAGES_DIR/pause.tar" "$PAUSE_IMAGE"
   import_image "$IMAGES_DIR/probe.tar" "$PROBE_IMAGE"
   import_image "$IMAGES_DIR/migrate-worker.tar" "$WORKER_IMAGE"
+  import_image "$IMAGES_DIR/migrate-operator.tar" "$OPERATOR_IMAGE"
 }
 
 # --- kubelet ----------------------------------------------------------------------------
@@ -685,7 +733,7 @@ teardown_network() {
 
 cmd_up() {
   check_host
-  apt_ensure containerd=1.6 runc=1.1 containernetworking-plugins=1.1 iptables=1.8
+  apt_ensure containerd=1.6 runc=1.1 containernetworking-plugins=1.1 iptables=1.8 socat=1.7
   kube_ensure_binaries node-build kube-apiserver kube-controller-manager kube-scheduler kubelet
   if ((NODE_METRICS_SERVER)); then ensure_metrics_server_binary; fi
   ensure_credentials
@@ -694,6 +742,7 @@ cmd_up() {
   start_control_plane
   save_host_state
   setup_network
+  start_forwarders
   start_containerd
   ensure_images
   start_kubelet
@@ -707,7 +756,9 @@ cmd_up() {
     "NODE_NAME=$NODE_NAME" \
     "NODE_CONTAINERD_ADDRESS=$CONTAINERD_SOCK" \
     "NODE_PROBE_IMAGE=$PROBE_IMAGE" \
-    "NODE_WORKER_IMAGE=$WORKER_IMAGE"
+    "NODE_WORKER_IMAGE=$WORKER_IMAGE" \
+    "NODE_OPERATOR_IMAGE=$OPERATOR_IMAGE" \
+    "NODE_SERVICES_HOST=$BRIDGE_IP"
   log "node up: $NODE_NAME Ready on $NODE_SERVER (Kubernetes $K8S_VERSION, $(containerd --version | awk '{print $2, $3}')), NODE_KUBECONFIG=$ADMIN_KUBECONFIG"
 }
 
@@ -721,6 +772,7 @@ cmd_down() {
   stop_leftover_shims
   stop_pid "$APISERVER_NAME"
   stop_pid "$ETCD_NAME"
+  stop_forwarders
   remove_netns
   unmount_under "$NODE_DIR"
   # A fresh cluster on every `up`: no pod, container or image outlives `down`. Credentials and
@@ -735,7 +787,8 @@ cmd_down() {
 cmd_status() {
   local rc=0 name pid
   for name in "$ETCD_NAME" "$APISERVER_NAME" "$CONTROLLER_MANAGER_NAME" "$SCHEDULER_NAME" \
-    "$CONTAINERD_NAME" "$KUBELET_NAME" "$METRICS_SERVER_NAME"; do
+    "$CONTAINERD_NAME" "$KUBELET_NAME" "$METRICS_SERVER_NAME" \
+    "${FORWARD_PORTS[@]/#/node-forward-}"; do
     if pid=$(read_pid "$name") && pid_alive "$name"; then
       echo "$name: running (pid $pid)"
     else

@@ -134,6 +134,24 @@ pub fn to_worker(
     }
 }
 
+/// The scheduler's message when `pod` cannot be placed on any node (its `PodScheduled`
+/// condition is False with reason `Unschedulable`), e.g. `0/1 nodes are available: 1
+/// Insufficient memory.`
+#[must_use]
+pub fn unschedulable(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        })
+        .map(|c| c.message.clone().unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +203,30 @@ mod tests {
         let w = to_worker(&deleting, "", 2, None, Timestamp::now(), Instant::now());
         assert_eq!(w.state, WorkerState::Draining(RestartReason::ScaledDown));
         assert_eq!(w.in_flight, 2);
+    }
+
+    /// The scheduler's message is taken from PodScheduled=False/Unschedulable only: a pod merely
+    /// not yet scheduled, or scheduled, is no problem.
+    #[test]
+    fn an_unschedulable_pod_gives_the_schedulers_message() {
+        let with = |status: &str, reason: &str| {
+            pod(json!({
+                "metadata": {"name": "w-1"},
+                "status": {"phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": status, "reason": reason,
+                    "message": "0/1 nodes are available: 1 Insufficient memory."
+                }]}
+            }))
+        };
+        assert_eq!(
+            unschedulable(&with("False", "Unschedulable")).as_deref(),
+            Some("0/1 nodes are available: 1 Insufficient memory.")
+        );
+        assert_eq!(unschedulable(&with("False", "SchedulingGated")), None);
+        assert_eq!(unschedulable(&with("True", "")), None);
+        assert_eq!(
+            unschedulable(&pod(json!({"metadata": {"name": "w-2"}}))),
+            None
+        );
     }
 }

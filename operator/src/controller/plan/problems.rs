@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use migrate_crds::{MemorySource, MigrateJob};
 
 use crate::controller::build;
-use crate::controller::observe::Observed;
+use crate::controller::observe::{self, Observed};
 use crate::controller::status::Problem;
 use crate::policy::{PolicyState, Report};
 
@@ -61,6 +61,14 @@ pub(super) fn problems(
     }
     if let Some(message) = last_oom {
         problems.push(Problem::new("OomKilled", message));
+    }
+    if let Some(message) = observed.pods.iter().find_map(observe::unschedulable) {
+        problems.push(Problem::new(
+            "Unschedulable",
+            format!(
+                "a worker pod fits no node: {message} It stays Pending for a cluster autoscaler to add a node (it sees the pod's requests); else lower workers.resources.requests or widen workers.nodeSelector, tolerations or affinity"
+            ),
+        ));
     }
     for workers in &reports.all_over_soft {
         problems.push(Problem::new(

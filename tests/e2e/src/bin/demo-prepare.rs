@@ -174,6 +174,7 @@ async fn prepare(o: &Options) -> Result<(), String> {
         spec.test_only = Some(TestOnlySpec {
             leak_bytes_per_task: o.leak_bytes,
             leak_stage: o.leak_stage.clone(),
+            no_memory_restarts: false,
         });
     }
     let spec = set_memory_limit(&spec, &o.memory_limit)
