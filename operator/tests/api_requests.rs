@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kube::api::{Api, DeleteParams};
 use kube::client::ClientBuilder;
-use migrate_crds::Mode;
 use migrate_crds::pipeline::example_spec;
+use migrate_crds::{Autoscaling, Mode};
 use migrate_e2e::env::{Service, TestEnv, unique_name};
 use migrate_e2e::k8s::{self, DEADLINE, eventually};
 use migrate_operator::controller::{self, observe::RedisQueues};
@@ -174,6 +174,7 @@ async fn idle_jobs_cost_few_requests_and_deletes_end_cleanly() {
         let mut spec = example_spec();
         spec.mode = Mode::Continuous;
         spec.queue.key = unique_name("mjq");
+        spec.autoscaling = Autoscaling::External;
         spec.replicas = Some(i32::try_from(PODS).unwrap());
         queues.push(spec.queue.key.clone());
         k8s::create_job(&admin, &ns, name, spec).await;

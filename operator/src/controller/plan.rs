@@ -347,6 +347,9 @@ mod tests {
     fn job(replicas: Option<i32>) -> MigrateJob {
         let mut spec = example_spec();
         spec.replicas = replicas;
+        if replicas.is_some() {
+            spec.autoscaling = migrate_crds::Autoscaling::External;
+        }
         let mut job = MigrateJob::new("test", spec);
         job.metadata.namespace = Some("etl".to_owned());
         job.metadata.uid = Some("uid-1".to_owned());

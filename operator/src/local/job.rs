@@ -175,6 +175,11 @@ fn set_memory_limit(spec: &mut MigrateJobSpec, limit: &str) {
         .limits
         .get_or_insert_with(Default::default)
         .insert("memory".to_owned(), Quantity(limit.to_owned()));
+    // A memory request is what a scheduler reserves on a node: a local process has none, and a
+    // request above the new limit would make the spec one Kubernetes refuses.
+    if let Some(requests) = resources.requests.as_mut() {
+        requests.remove("memory");
+    }
 }
 
 #[cfg(test)]

@@ -1042,7 +1042,6 @@ async fn a_worker_that_fits_no_node_stays_pending_and_is_reported_unschedulable(
     let mut spec = w.spec(0);
     spec.test_only = None;
     spec.mode = Mode::Continuous;
-    spec.replicas = Some(2);
     spec.workers.min_replicas = 2;
     spec.workers.max_replicas = 2;
     spec.workers.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
