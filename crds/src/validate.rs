@@ -628,7 +628,7 @@ mod tests {
         assert_eq!(
             problems(&spec),
             [
-                "sink.batchLingerMs: 200 must be less than sink.flushIntervalMs (200), or it never takes effect"
+                "sink.batchLingerMs: 200 is not below sink.flushIntervalMs (200), so it would never send a batch; set it below the flush interval"
             ]
         );
         spec.sink.batch_linger_ms = 0;

@@ -42,6 +42,11 @@ async fn leaking_workers_are_drained_and_replaced_before_their_hard_limit() {
     scenario.spec.memory.check_interval_ms = 250;
     scenario.spec.memory.soft = "70%".to_owned();
     scenario.spec.memory.hard = "95%".to_owned();
+    // A worker holds up to three bulk bodies of sink.batchBytes (5 MiB each by default) and
+    // their documents: at a 96Mi limit that alone would sit near the soft line. Small batches
+    // keep the worker's own footprint as it was, so the growth the supervisor sees is the leak.
+    scenario.spec.sink.batch_bytes = 1 << 20;
+    scenario.spec.sink.batch_docs = 100;
     scenario.spec.test_only = Some(TestOnlySpec {
         leak_bytes_per_task: LEAK_PER_TASK,
         leak_stage: "enrich".into(),
