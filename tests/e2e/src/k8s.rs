@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -264,9 +264,15 @@ pub async fn create_job(client: &Client, ns: &str, name: &str, spec: MigrateJobS
 /// Creates the Secret `migrate-redis` in namespace `ns` holding `url` under key `url`, as the
 /// example spec's `queue.urlSecretRef` names it.
 pub async fn create_redis_secret(client: &Client, ns: &str, url: &str) {
+    create_url_secret(client, ns, "migrate-redis", url).await;
+}
+
+/// Creates the Secret `name` in namespace `ns` holding `url` under key `url`, the shape of the
+/// example spec's `urlSecretRef`s (`migrate-redis`, `migrate-mysql`, `migrate-search`).
+pub async fn create_url_secret(client: &Client, ns: &str, name: &str, url: &str) {
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some("migrate-redis".to_owned()),
+            name: Some(name.to_owned()),
             ..kube::api::ObjectMeta::default()
         },
         string_data: Some([("url".to_owned(), url.to_owned())].into()),
@@ -276,7 +282,35 @@ pub async fn create_redis_secret(client: &Client, ns: &str, url: &str) {
         Api::<Secret>::namespaced(client.clone(), ns)
             .create(&PostParams::default(), &secret)
             .await
-            .map_err(api(format!("creating the Redis Secret in {ns}"))),
+            .map_err(api(format!("creating the Secret {ns}/{name}"))),
+    );
+}
+
+/// Creates the ConfigMap `migrate-keywords` in namespace `ns` from the keyword files
+/// [`crate::datagen::write_keyword_files`] wrote into `dir`, as the example spec's
+/// `keywords.configMap` names it.
+pub async fn create_keyword_config_map(client: &Client, ns: &str, dir: &Path) {
+    let data = [crate::datagen::TOPICS_FILE, crate::datagen::BLACKLIST_FILE]
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(dir.join(f))
+                .unwrap_or_else(|e| fail(format!("reading {}: {e}", dir.join(f).display())));
+            ((*f).to_owned(), text)
+        })
+        .collect();
+    let config_map = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("migrate-keywords".to_owned()),
+            ..kube::api::ObjectMeta::default()
+        },
+        data: Some(data),
+        ..ConfigMap::default()
+    };
+    or_fail(
+        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &config_map)
+            .await
+            .map_err(api(format!("creating the keyword ConfigMap in {ns}"))),
     );
 }
 

@@ -33,13 +33,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ContainerStateTerminated, Namespace, Pod, Secret, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use migrate_crds::{
     EnrichFailurePolicy, MigrateJob, MigrateJobSpec, MigrateJobStatus, Mode, Phase, TestOnlySpec,
@@ -474,39 +472,14 @@ impl World {
 
         // The Secrets hold the addresses as the pods reach them: the bridge's host address,
         // forwarded to the loopback services.
-        let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
         for (secret, url) in [
             ("migrate-redis", env.for_pods(&env.redis_url)),
             ("migrate-mysql", env.for_pods(&db_url)),
             ("migrate-search", env.for_pods(&env.es_url)),
         ] {
-            let secret: Secret = serde_json::from_value(
-                json!({"metadata": {"name": secret}, "stringData": {"url": url}}),
-            )
-            .unwrap();
-            secrets
-                .create(&PostParams::default(), &secret)
-                .await
-                .expect("create a Secret");
+            k8s::create_url_secret(&admin, &ns, secret, &url).await;
         }
-        let keyword_data: BTreeMap<String, String> =
-            [datagen::TOPICS_FILE, datagen::BLACKLIST_FILE]
-                .iter()
-                .map(|f| {
-                    (
-                        (*f).to_owned(),
-                        std::fs::read_to_string(keyword_dir.join(f)).unwrap(),
-                    )
-                })
-                .collect();
-        let keywords: ConfigMap = serde_json::from_value(
-            json!({"metadata": {"name": "migrate-keywords"}, "data": keyword_data}),
-        )
-        .unwrap();
-        Api::<ConfigMap>::namespaced(admin.clone(), &ns)
-            .create(&PostParams::default(), &keywords)
-            .await
-            .expect("create the keyword ConfigMap");
+        k8s::create_keyword_config_map(&admin, &ns, &keyword_dir).await;
 
         let operator_kubeconfig_path = dir.path().join("operator.kubeconfig");
         std::fs::write(&operator_kubeconfig_path, operator_config).unwrap();

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use migrate_crds::{
     EnrichFailurePolicy, MigrateJob, MigrateJobSpec, MigrateJobStatus, Mode, Phase, TestOnlySpec,
@@ -229,39 +229,14 @@ impl World {
         );
 
         // The job's Secrets and keyword ConfigMap, as a user would create them.
-        let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
         for (secret, url) in [
             ("migrate-redis", env.redis_url.as_str()),
             ("migrate-mysql", db_url.as_str()),
             ("migrate-search", env.es_url.as_str()),
         ] {
-            let secret: Secret = serde_json::from_value(
-                json!({"metadata": {"name": secret}, "stringData": {"url": url}}),
-            )
-            .unwrap();
-            secrets
-                .create(&PostParams::default(), &secret)
-                .await
-                .expect("create a Secret");
+            k8s::create_url_secret(&admin, &ns, secret, url).await;
         }
-        let keyword_data: BTreeMap<String, String> =
-            [datagen::TOPICS_FILE, datagen::BLACKLIST_FILE]
-                .iter()
-                .map(|f| {
-                    (
-                        (*f).to_owned(),
-                        std::fs::read_to_string(keyword_dir.join(f)).unwrap(),
-                    )
-                })
-                .collect();
-        let keywords: ConfigMap = serde_json::from_value(
-            json!({"metadata": {"name": "migrate-keywords"}, "data": keyword_data}),
-        )
-        .unwrap();
-        Api::<ConfigMap>::namespaced(admin.clone(), &ns)
-            .create(&PostParams::default(), &keywords)
-            .await
-            .expect("create the keyword ConfigMap");
+        k8s::create_keyword_config_map(&admin, &ns, &keyword_dir).await;
 
         // The pod runner (admin credentials, standing in for a kubelet's node credentials) and
         // the operator (the ServiceAccount's token only).
