@@ -232,14 +232,18 @@ fn minimal_job(name: &str, api_version: &str, extra: &Value) -> DynamicObject {
     serde_json::from_value(doc).unwrap()
 }
 
-/// Runs kubectl against the testbed's API server and returns its stdout, or its stderr as the
+/// Runs the testbed's kubectl (`KUBECTL_BIN`, built by tests/testbed/components/k8s.sh at the
+/// apiserver's version) against its API server and returns its stdout, or its stderr as the
 /// error.
 fn kubectl(args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new("kubectl")
+    let bin = std::env::var("KUBECTL_BIN").expect(
+        "KUBECTL_BIN is not set: start the testbed (tests/testbed/up.sh), which builds kubectl",
+    );
+    let out = std::process::Command::new(&bin)
         .args(args)
         .env("KUBECONFIG", kubeconfig_path())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run kubectl: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run kubectl {bin}: {e}"));
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kubernetes control plane for the testbed: etcd + kube-apiserver, nothing else.
+# Kubernetes control plane for the testbed: etcd + kube-apiserver (and kubectl), nothing else.
 #
 #   k8s.sh up | down | status
 #
@@ -67,7 +67,9 @@ default_ns_exists() {
 # --- commands ---------------------------------------------------------------------------
 
 cmd_up() {
-  kube_ensure_binaries k8s-build kube-apiserver
+  # kubectl is built beside the apiserver, at the same version: tests drive `kubectl scale`
+  # and `kubectl get --raw` as a user would, and a fresh machine has no kubectl of its own.
+  kube_ensure_binaries k8s-build kube-apiserver kubectl
   kube_ensure_pki "$PKI_DIR" k8s-pki "$SERVICE_IP"
   ensure_token
   kube_start_etcd "$ETCD_NAME" "$ETCD_DATA" "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT"
@@ -83,6 +85,7 @@ cmd_up() {
     wait_until "namespace default on $K8S_SERVER" 60 default_ns_exists
   write_env k8s \
     "KUBECONFIG=$KUBECONFIG_FILE" \
+    "KUBECTL_BIN=$(kube_bin kubectl)" \
     "K8S_SERVER=$K8S_SERVER" \
     "K8S_CA_FILE=$PKI_DIR/ca.crt"
   log "k8s up: $K8S_SERVER (kube-apiserver $K8S_VERSION, etcd $ETCD_VERSION), KUBECONFIG=$KUBECONFIG_FILE"
