@@ -371,7 +371,7 @@ impl Worker {
                 warn!(
                     bytes_per_task = t.leak_bytes_per_task,
                     stage = stage.as_str(),
-                    "TEST ONLY: this worker leaks memory on purpose for every task it takes (spec.testOnly). Never use this in production."
+                    "TEST ONLY: this worker leaks memory on purpose after every task (spec.testOnly). Never use this in production."
                 );
                 Some((stage, t.leak_bytes_per_task))
             }
@@ -755,13 +755,6 @@ enum Fetched {
 /// One task from its id to the batcher (or to its end, when a stage finishes it early).
 async fn process(shared: Arc<Shared>, taken: Taken, slot: Slot, batch: mpsc::Sender<BatchItem>) {
     let Taken { raw, attempts } = taken;
-    // The test-only leak is charged while the task holds its concurrency slot, as a leak in
-    // a stage would be: a worker that stops taking stops growing. (Charged when tasks end, it
-    // would land on a whole batch at once when the bulk answer comes, hundreds of tasks after
-    // the soft line was crossed.)
-    if let Some((stage, bytes)) = shared.leak {
-        leak(stage, bytes);
-    }
     let max_attempts = shared.queue.max_attempts();
     if attempts > u64::from(max_attempts) {
         // Its earlier deliveries never finished: the workers holding it died or were stopped.
@@ -941,7 +934,8 @@ async fn complete_many(shared: &Shared, tasks: Vec<(String, Outcome, Slot)>) {
     }
 }
 
-/// Counts one ended task, frees the slot, and recycles the worker when its count is reached.
+/// Counts one ended task, applies the test-only leak, frees the slot, and recycles the worker
+/// when its count is reached.
 fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settled>, slot: Slot) {
     let label = match (settled, outcome) {
         // Acknowledged: the outcome's own field. A retry may have been dead-lettered instead
@@ -965,6 +959,9 @@ fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settl
         (settled, outcome)
     {
         warn!(task = raw, stage = dead.stage.as_str(), reason = %dead.reason, "Task dead-lettered.");
+    }
+    if let Some((stage, bytes)) = shared.leak {
+        leak(stage, bytes);
     }
     let done = shared.tasks_finished.fetch_add(1, Ordering::AcqRel) + 1;
     if let Some(target) = shared.recycle_at
