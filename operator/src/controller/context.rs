@@ -43,6 +43,8 @@ pub(super) struct JobMemory {
     /// Whether the last round wrote to a pod: the next one then lists the pods from the API
     /// server rather than the cache, which may not have seen the write yet.
     pub(super) pods_written: bool,
+    /// The last worker pod create the API server refused, while no create has succeeded since.
+    pub(super) start_refused: Option<super::plan::StartRefusal>,
 }
 
 impl JobMemory {

@@ -1,0 +1,352 @@
+//! Nothing silent: against the testbed's real kube-apiserver (`tests/testbed/up.sh k8s redis`),
+//! with the controller running under the shipped role, each way a round can be refused by the
+//! API server ends in a Degraded condition carrying the API server's words, a phase, and a
+//! Warning Event, and no pod starts:
+//! - a worker pod the API server refuses to create (403 from an admission plugin, 422 from the
+//!   pod's validation, 403 from a quota);
+//! - a write of the job's other objects refused (the pipeline ConfigMap over a quota).
+//!
+//! Quotas are set with their status written by the test, as a kube-controller-manager would
+//! (the testbed's API server has none), so quota admission answers at once.
+
+// Test helpers outside #[test] functions fail the test loudly on purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use migrate_crds::pipeline::example_spec;
+use migrate_crds::{MigrateJob, MigrateJobSpec, MigrateJobStatus, Mode, Phase};
+use migrate_e2e::env::{Service, TestEnv, unique_name};
+use migrate_e2e::k8s::{self, DEADLINE, eventually};
+use migrate_operator::controller;
+use migrate_operator::controller::observe::RedisQueues;
+use migrate_operator::leader::LeaseConfig;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+/// One test's world: a namespace, the operator's ServiceAccount bound to the shipped role, a
+/// Redis Secret, and the controller running with the account's token.
+struct Harness {
+    admin: Client,
+    ns: String,
+    stop: Option<oneshot::Sender<()>>,
+    controller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    async fn start(prefix: &str) -> Self {
+        let env = TestEnv::load();
+        env.require(&[Service::Kubernetes, Service::Redis]).await;
+        let config = k8s::admin_config().await;
+        let admin = k8s::client(config.clone());
+        k8s::install_crd(&admin).await;
+        let ns = k8s::fresh_name(prefix);
+        k8s::create_namespace(&admin, &ns).await;
+        let token = k8s::operator_token(&admin, &ns).await;
+        let operator = k8s::client(k8s::with_token(&config, &token));
+        k8s::create_redis_secret(&admin, &ns, &env.redis_url).await;
+
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut lease = LeaseConfig::new("migrate-operator", ns.clone(), "test-operator");
+        lease.retry_period = Duration::from_millis(500);
+        let config = controller::Config {
+            namespace: Some(ns.clone()),
+            lease: Some(lease),
+            listen: None,
+            instance: "test-operator".to_owned(),
+        };
+        let handle = tokio::spawn(async move {
+            controller::run_with(
+                operator,
+                config,
+                Arc::new(RedisQueues::default()),
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+            .expect("controller runs");
+        });
+        Self {
+            admin,
+            ns,
+            stop: Some(stop),
+            controller: Some(handle),
+        }
+    }
+
+    fn jobs(&self) -> Api<MigrateJob> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    async fn pod_count(&self, job: &str) -> usize {
+        let params = ListParams::default().labels(&format!("migrate-operator.io/job={job}"));
+        Api::<Pod>::namespaced(self.admin.clone(), &self.ns)
+            .list(&params)
+            .await
+            .expect("list pods")
+            .items
+            .len()
+    }
+
+    /// Waits until `job`'s Degraded condition has `reason`; returns the status.
+    async fn wait_for_degraded(&self, job: &str, reason: &str) -> MigrateJobStatus {
+        eventually(
+            DEADLINE,
+            &format!("{job} Degraded/{reason}"),
+            || async move {
+                let found = self.jobs().get_opt(job).await.expect("get job")?;
+                found
+                    .status
+                    .filter(|s| degraded(s).is_some_and(|c| c.reason == reason))
+            },
+        )
+        .await
+    }
+
+    /// Waits for a Warning Event of `reason` on `job` whose note contains `words`.
+    async fn wait_for_warning(&self, job: &str, reason: &str, words: &str) {
+        eventually(DEADLINE, &format!("a {reason} Event on {job}"), || async {
+            k8s::events_about(&self.admin, &self.ns, job)
+                .await
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.note.as_deref().is_some_and(|n| n.contains(words))
+                })
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// A ResourceQuota of `hard` with its status as a kube-controller-manager would write it
+    /// (nothing used yet), so that quota admission applies it at once.
+    async fn set_quota(&self, name: &str, hard: serde_json::Value) {
+        let quotas: Api<ResourceQuota> = Api::namespaced(self.admin.clone(), &self.ns);
+        let quota: ResourceQuota = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"hard": hard}
+        }))
+        .unwrap();
+        quotas
+            .create(&PostParams::default(), &quota)
+            .await
+            .expect("create quota");
+        let used: serde_json::Map<String, serde_json::Value> = hard
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| (k.clone(), json!("0")))
+            .collect();
+        quotas
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"hard": hard, "used": used}})),
+            )
+            .await
+            .expect("quota status");
+    }
+
+    async fn remove_quota(&self, name: &str) {
+        Api::<ResourceQuota>::namespaced(self.admin.clone(), &self.ns)
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete quota");
+    }
+
+    /// Stops the controller, removes what the test created, finalizes the namespace.
+    async fn finish(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.controller.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+        }
+        k8s::remove_jobs(&self.admin, &self.ns).await;
+        k8s::remove_pods(&self.admin, &self.ns).await;
+        let _ = Api::<ConfigMap>::namespaced(self.admin.clone(), &self.ns)
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        let _ = Api::<PodDisruptionBudget>::namespaced(self.admin.clone(), &self.ns)
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        let _ = Api::<ResourceQuota>::namespaced(self.admin.clone(), &self.ns)
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        k8s::remove_operator_binding(&self.admin, &self.ns).await;
+        k8s::remove_namespace(&self.admin, &self.ns).await;
+    }
+}
+
+fn spec() -> MigrateJobSpec {
+    let mut spec = example_spec();
+    spec.mode = Mode::Continuous;
+    spec.queue.key = unique_name("mjq");
+    spec
+}
+
+fn degraded(status: &MigrateJobStatus) -> Option<&Condition> {
+    status.conditions.iter().find(|c| c.type_ == "Degraded")
+}
+
+/// A worker pod the API server refuses, by an admission plugin (a PriorityClass that does not
+/// exist: 403) or by the pod's own validation (a nodeSelector key that is no label key: 422),
+/// is reported within one round by the Degraded condition `PodCreateRefused` carrying the API
+/// server's words, the phase Degraded and a Warning Event; no pod exists. Fixing the spec
+/// starts the worker at once, without waiting for the backoff, and clears the condition.
+#[tokio::test]
+async fn a_refused_pod_create_is_reported_in_the_api_servers_words() {
+    let h = Harness::start("mjt-refused").await;
+    let mut no_class = spec();
+    no_class.workers.priority_class_name = Some("no-such-class".to_owned());
+    let mut bad_selector = spec();
+    bad_selector.workers.node_selector = Some(
+        [("bad key!".to_owned(), "x".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+
+    let started = Instant::now();
+    h.jobs()
+        .create(
+            &PostParams::default(),
+            &MigrateJob::new("no-class", no_class.clone()),
+        )
+        .await
+        .expect("create job");
+    h.jobs()
+        .create(
+            &PostParams::default(),
+            &MigrateJob::new("bad-selector", bad_selector),
+        )
+        .await
+        .expect("create job");
+
+    let status = h.wait_for_degraded("no-class", "PodCreateRefused").await;
+    println!(
+        "no-class: Degraded/PodCreateRefused {:?} after the create",
+        started.elapsed()
+    );
+    let message = &degraded(&status).unwrap().message;
+    assert!(
+        message.contains("no PriorityClass with name no-such-class was found")
+            && message.contains("403 Forbidden"),
+        "{message}"
+    );
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    h.wait_for_warning("no-class", "PodCreateRefused", "no-such-class")
+        .await;
+
+    let status = h
+        .wait_for_degraded("bad-selector", "PodCreateRefused")
+        .await;
+    let message = &degraded(&status).unwrap().message;
+    assert!(
+        message.contains("spec.nodeSelector") && message.contains("bad key!"),
+        "{message}"
+    );
+    assert!(message.contains("422 Invalid"), "{message}");
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    h.wait_for_warning("bad-selector", "PodCreateRefused", "bad key!")
+        .await;
+    assert_eq!(h.pod_count("no-class").await, 0);
+    assert_eq!(h.pod_count("bad-selector").await, 0);
+
+    // The fix: the next round creates the pod though the backoff has not ended.
+    h.jobs()
+        .patch(
+            "no-class",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"workers": {"priorityClassName": null}}})),
+        )
+        .await
+        .expect("fix the job");
+    let fixed = Instant::now();
+    eventually(DEADLINE, "the pod of the fixed job", || async {
+        (h.pod_count("no-class").await == 1).then_some(())
+    })
+    .await;
+    println!("no-class: pod created {:?} after the fix", fixed.elapsed());
+    let status = eventually(DEADLINE, "the refusal cleared", || async {
+        let job = h.jobs().get("no-class").await.expect("get job");
+        job.status
+            .filter(|s| degraded(s).is_some_and(|c| c.reason != "PodCreateRefused"))
+    })
+    .await;
+    assert_ne!(status.phase, Some(Phase::Degraded), "{status:?}");
+    h.finish().await;
+}
+
+/// A quota that allows no pod refuses every worker pod (403, exceeded quota): the job is
+/// Degraded/PodCreateRefused naming the quota, with an Event and no pod; once the quota is
+/// lifted the worker starts after the backoff, with no edit of the job.
+#[tokio::test]
+async fn a_quota_refusing_the_pods_is_reported_and_lifting_it_starts_them() {
+    let h = Harness::start("mjt-podquota").await;
+    h.set_quota("no-pods", json!({"pods": "0"})).await;
+    let started = Instant::now();
+    k8s::create_job(&h.admin, &h.ns, "quota", spec()).await;
+    let status = h.wait_for_degraded("quota", "PodCreateRefused").await;
+    println!(
+        "quota: Degraded/PodCreateRefused {:?} after the create",
+        started.elapsed()
+    );
+    let message = &degraded(&status).unwrap().message;
+    assert!(
+        message.contains("exceeded quota: no-pods") && message.contains("403 Forbidden"),
+        "{message}"
+    );
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    h.wait_for_warning("quota", "PodCreateRefused", "exceeded quota")
+        .await;
+    assert_eq!(h.pod_count("quota").await, 0);
+
+    h.remove_quota("no-pods").await;
+    let lifted = Instant::now();
+    eventually(
+        Duration::from_secs(150),
+        "the pod once the quota is lifted",
+        || async { (h.pod_count("quota").await == 1).then_some(()) },
+    )
+    .await;
+    println!(
+        "quota: pod created {:?} after the quota went",
+        lifted.elapsed()
+    );
+    h.finish().await;
+}
+
+/// A round that fails before any pod (the pipeline ConfigMap refused by a quota) is reported
+/// by the Degraded condition `ApplyFailed` carrying the API server's words, the phase Degraded
+/// (never blank) and a Warning Event; no pod starts.
+#[tokio::test]
+async fn a_refused_write_of_the_jobs_objects_is_reported_in_the_api_servers_words() {
+    let h = Harness::start("mjt-cmquota").await;
+    h.set_quota("no-configmaps", json!({"configmaps": "0"}))
+        .await;
+    let started = Instant::now();
+    k8s::create_job(&h.admin, &h.ns, "blocked", spec()).await;
+    let status = h.wait_for_degraded("blocked", "ApplyFailed").await;
+    println!(
+        "blocked: Degraded/ApplyFailed {:?} after the create",
+        started.elapsed()
+    );
+    let message = &degraded(&status).unwrap().message;
+    assert!(
+        message.contains("blocked-pipeline") && message.contains("exceeded quota: no-configmaps"),
+        "{message}"
+    );
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    h.wait_for_warning("blocked", "ApplyFailed", "exceeded quota")
+        .await;
+    assert_eq!(h.pod_count("blocked").await, 0);
+    h.finish().await;
+}
