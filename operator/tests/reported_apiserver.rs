@@ -51,6 +51,7 @@ impl Harness {
         let token = k8s::operator_token(&admin, &ns).await;
         let operator = k8s::client(k8s::with_token(&config, &token));
         k8s::create_redis_secret(&admin, &ns, &env.redis_url).await;
+        k8s::create_example_references(&admin, &ns).await;
 
         let (stop, stopped) = oneshot::channel::<()>();
         let mut lease = LeaseConfig::new("migrate-operator", ns.clone(), "test-operator");
@@ -348,5 +349,137 @@ async fn a_refused_write_of_the_jobs_objects_is_reported_in_the_api_servers_word
     h.wait_for_warning("blocked", "ApplyFailed", "exceeded quota")
         .await;
     assert_eq!(h.pod_count("blocked").await, 0);
+    h.finish().await;
+}
+
+/// Waits for `what` to hold, at most `limit`: how long it took.
+async fn within<F, Fut>(limit: Duration, what: &str, probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let started = Instant::now();
+    eventually(limit, what, probe).await;
+    started.elapsed()
+}
+
+/// A job created before the objects it names waits for them: each missing Secret, key,
+/// ConfigMap and keyword file is a Degraded condition naming the object, the key and the field
+/// (with an Event), and no pod is created. Each object that appears starts the job's next
+/// round at once (a watch, not the requeue: the job's check interval is a minute), and the
+/// worker starts as soon as the last one is there.
+#[tokio::test]
+async fn a_job_waits_for_the_objects_it_names_and_starts_when_they_appear() {
+    let h = Harness::start("mjt-refs").await;
+    let mut s = spec();
+    s.source.url_secret_ref.name = "late-mysql".to_owned();
+    s.keywords.config_map = Some("late-words".to_owned());
+    // Rounds a minute apart: only a watch can start one sooner.
+    s.memory.check_interval_ms = 60_000;
+    s.memory.stale_after_seconds = 120;
+    k8s::create_job(&h.admin, &h.ns, "waits", s).await;
+
+    let status = h.wait_for_degraded("waits", "SecretMissing").await;
+    let message = &degraded(&status).unwrap().message;
+    assert!(
+        message.contains(&format!(
+            "the Secret {}/late-mysql named by source.urlSecretRef.name does not exist",
+            h.ns
+        )) && message.contains("\"url\""),
+        "{message}"
+    );
+    assert!(message.contains("ConfigMapMissing"), "{message}");
+    assert_eq!(status.phase, Some(Phase::Degraded));
+    h.wait_for_warning("waits", "SecretMissing", "late-mysql")
+        .await;
+    h.wait_for_warning("waits", "ConfigMapMissing", "late-words")
+        .await;
+    assert_eq!(h.pod_count("waits").await, 0);
+
+    // The Secret appears, without the key the spec names.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(h.admin.clone(), &h.ns);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "late-mysql"},
+        "stringData": {"uri": "mysql://user:pass@mysql:3306/db"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create Secret");
+    let took = within(Duration::from_secs(20), "SecretKeyMissing", || async {
+        let status = h.jobs().get("waits").await.ok()?.status?;
+        let c = degraded(&status)?;
+        (c.reason == "SecretKeyMissing"
+            && c.message
+                .contains("no key \"url\", named by source.urlSecretRef.key"))
+        .then_some(())
+    })
+    .await;
+    println!("waits: SecretKeyMissing {took:?} after the Secret appeared");
+    assert_eq!(h.pod_count("waits").await, 0);
+
+    secrets
+        .patch(
+            "late-mysql",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"url": "mysql://user:pass@mysql:3306/db"}})),
+        )
+        .await
+        .expect("add the key");
+    let took = within(
+        Duration::from_secs(20),
+        "ConfigMapMissing first",
+        || async {
+            let status = h.jobs().get("waits").await.ok()?.status?;
+            (degraded(&status)?.reason == "ConfigMapMissing").then_some(())
+        },
+    )
+    .await;
+    println!("waits: the Secret's key seen {took:?} after it was added");
+    assert_eq!(h.pod_count("waits").await, 0);
+
+    // The ConfigMap appears with one of the two keyword files.
+    let config_maps: Api<ConfigMap> = Api::namespaced(h.admin.clone(), &h.ns);
+    let config_map: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "late-words"},
+        "data": {"topics.txt": "rust\n"}
+    }))
+    .unwrap();
+    config_maps
+        .create(&PostParams::default(), &config_map)
+        .await
+        .expect("create ConfigMap");
+    let took = within(Duration::from_secs(20), "KeywordFileMissing", || async {
+        let status = h.jobs().get("waits").await.ok()?.status?;
+        let c = degraded(&status)?;
+        (c.reason == "KeywordFileMissing"
+            && c.message
+                .contains("no key \"blacklist.txt\", named by keywords.sets[1].file"))
+        .then_some(())
+    })
+    .await;
+    println!("waits: KeywordFileMissing {took:?} after the ConfigMap appeared");
+    h.wait_for_warning("waits", "KeywordFileMissing", "blacklist.txt")
+        .await;
+    assert_eq!(h.pod_count("waits").await, 0);
+
+    config_maps
+        .patch(
+            "late-words",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"blacklist.txt": "spam\n"}})),
+        )
+        .await
+        .expect("add the file");
+    let took = within(DEADLINE, "the worker pod", || async {
+        (h.pod_count("waits").await == 1).then_some(())
+    })
+    .await;
+    println!("waits: pod created {took:?} after the last file was added");
+    assert!(
+        took < Duration::from_secs(10),
+        "{took:?}: started by the minute's requeue, not by the watch"
+    );
     h.finish().await;
 }

@@ -237,8 +237,15 @@ pub(super) fn plan(
         });
         deleted.insert(worker.clone());
     }
+    // No worker starts while an object the spec names (or a key in it) is missing.
+    let blocked = observed
+        .problems
+        .iter()
+        .any(|p| observe::is_missing_reference(&p.reason));
     for action in &decision.actions {
-        if let PolicyAction::Start { count } = action {
+        if let PolicyAction::Start { count } = action
+            && !blocked
+        {
             steps.push(Step::Start {
                 count: *count,
                 why: scale_reason(settings, backlog),

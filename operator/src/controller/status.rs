@@ -6,7 +6,9 @@
 //! - `Progressing`: the pool is moving towards what is wanted (`ScalingUp`, `ScalingDown`,
 //!   `Restarting`, `RestartsThrottled`, `Stable`, `Complete`).
 //! - `Degraded`: something needs a person (`InvalidSpec`, `RedisSecretMissing`,
-//!   `RedisSecretInvalid`, `RedisUnreachable`, `WorkerConfigError`, `PodCreateRefused` (the API
+//!   `RedisSecretInvalid`, `RedisUnreachable`, `SecretMissing`, `SecretKeyMissing`,
+//!   `ConfigMapMissing`, `KeywordFileMissing`, `ReferenceUnreadable` (an object the spec names,
+//!   or a key in it: no worker starts), `WorkerConfigError`, `PodCreateRefused` (the API
 //!   server's words), `ApplyFailed` or `RequeueFailed` (a round that failed, in the API
 //!   server's words), `OomKilled`, `AllOverSoftLimit`, `MetricsUnavailable`, `Unschedulable`;
 //!   `AsExpected` when nothing does).
@@ -445,6 +447,11 @@ fn blocks_work(reason: &str) -> bool {
             | "WorkerConfigError"
             | "PodCreateRefused"
             | "ApplyFailed"
+            | "SecretMissing"
+            | "SecretKeyMissing"
+            | "ConfigMapMissing"
+            | "KeywordFileMissing"
+            | "ReferenceUnreadable"
     )
 }
 
