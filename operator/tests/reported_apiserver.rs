@@ -483,3 +483,95 @@ async fn a_job_waits_for_the_objects_it_names_and_starts_when_they_appear() {
     );
     h.finish().await;
 }
+
+/// A file of `tests/e2e/corpus/reported/`: a MigrateJob admission accepts but that cannot run,
+/// the Degraded reason it must get (`# reported: <Reason>`) and the texts its message and its
+/// Event must contain (`# names: <text>`).
+struct Reported {
+    file: String,
+    job: MigrateJob,
+    reason: String,
+    names: Vec<String>,
+}
+
+fn reported_corpus() -> Vec<Reported> {
+    let dir = migrate_e2e::env::repo_root().join("tests/e2e/corpus/reported");
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            let header = |key: &str| -> Vec<String> {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix(&format!("# {key}: ")))
+                    .map(|v| v.trim().to_owned())
+                    .collect()
+            };
+            let mut job: MigrateJob = serde_saphyr::from_str(&text)
+                .unwrap_or_else(|e| panic!("{file} is not a MigrateJob: {e}"));
+            // A queue of its own, so that no other run's backlog shows.
+            job.spec.queue.key = unique_name("mjq");
+            Reported {
+                reason: header("reported")
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| panic!("{file} has no `# reported: <Reason>` line")),
+                names: header("names"),
+                file,
+                job,
+            }
+        })
+        .collect()
+}
+
+/// Each MigrateJob of `corpus/reported/`, which admission accepts but which cannot run, is
+/// reported with the operator running: a Degraded condition of the reason its header
+/// announces, whose message and Warning Event name what its header says (the field, the
+/// value, the API server's words), and no pod.
+#[tokio::test]
+async fn every_job_of_the_reported_corpus_gets_its_condition_and_event_and_no_pod() {
+    let cases = reported_corpus();
+    assert!(cases.len() >= 8, "only {} reported cases", cases.len());
+    let h = Harness::start("mjt-corpus").await;
+    for case in &cases {
+        assert!(
+            !case.names.is_empty(),
+            "{} has no `# names:` line",
+            case.file
+        );
+        h.jobs()
+            .create(&PostParams::default(), &case.job)
+            .await
+            .unwrap_or_else(|e| panic!("{}: refused at admission: {e}", case.file));
+    }
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.job.metadata.name.clone().unwrap();
+        let reason = case.reason.as_str();
+        let status = h.wait_for_degraded(&name, reason).await;
+        let message = &degraded(&status).unwrap().message;
+        for text in &case.names {
+            if !message.contains(text.as_str()) {
+                failures.push(format!(
+                    "{}: the message lacks {text:?}: {message}",
+                    case.file
+                ));
+            }
+        }
+        if status.phase != Some(Phase::Degraded) {
+            failures.push(format!("{}: phase {:?}", case.file, status.phase));
+        }
+        h.wait_for_warning(&name, reason, &case.names[0]).await;
+        if h.pod_count(&name).await != 0 {
+            failures.push(format!("{}: a pod was created", case.file));
+        }
+    }
+    h.finish().await;
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
