@@ -48,6 +48,8 @@ pub(super) async fn act(
                 | Step::RequeueVanished { .. }
                 | Step::Completed
                 | Step::Announce(_)
+                // A start writes only when it tries a create (not while a refusal waits).
+                | Step::Start { .. }
         )
     });
     for step in &plan.steps {
@@ -191,6 +193,7 @@ async fn start(
     }
     let mut created = Vec::new();
     for _ in 0..count {
+        mem.pods_written = true;
         let error = match apply::create_pod(pods, job, secrets).await {
             Ok(pod) => {
                 created.push(pod);
