@@ -17,9 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use migrate_crds::pipeline::{example_spec, from_yaml};
 use migrate_crds::{MigrateJob, MigrateJobSpec, MigrateJobStatus, Mode};
@@ -57,6 +55,7 @@ impl Harness {
         let operator = k8s::client(k8s::with_token(&config, &token));
 
         k8s::create_redis_secret(&admin, &ns, &env.redis_url).await;
+        k8s::create_example_references(&admin, &ns).await;
 
         let redis = redis::Client::open(env.redis_url.as_str())
             .expect("redis url")
@@ -443,16 +442,16 @@ async fn a_changed_secret_rolls_the_workers() {
     h.create_job("secrets", s).await;
     let first = h.wait_for_pods("secrets", 2).await;
 
+    // The MySQL Secret the workers started with (the harness made it) gets another value.
     let secrets: Api<Secret> = Api::namespaced(h.admin.clone(), &h.ns);
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": mysql.name},
-        "stringData": {(mysql.key.clone()): "mysql://app:wrong@127.0.0.1:3306/shop"}
-    }))
-    .unwrap();
     secrets
-        .create(&PostParams::default(), &secret)
+        .patch(
+            &mysql.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {(mysql.key.clone()): "mysql://app:wrong@127.0.0.1:3306/shop"}})),
+        )
         .await
-        .expect("create the MySQL Secret");
+        .expect("change the MySQL Secret");
     h.wait_for_status("secrets", "two workers replaced for the new Secret", |s| {
         s.restarts.updated == 2 && s.replicas == 2
     })

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::context::{Context, JobMemory, now_time};
 use super::error::Error;
 use super::observe::Observed;
-use super::plan::{End, Plan, Step};
+use super::plan::{End, Plan, REASON_POD_REFUSED, StartRefusal, Step, refusal};
 use super::{apply, build, events};
 use crate::leak::{LeakThreshold, attribute};
 use crate::policy::RestartReason;
@@ -48,6 +48,8 @@ pub(super) async fn act(
                 | Step::RequeueVanished { .. }
                 | Step::Completed
                 | Step::Announce(_)
+                // A start writes only when it tries a create (not while a refusal waits).
+                | Step::Start { .. }
         )
     });
     for step in &plan.steps {
@@ -101,15 +103,14 @@ pub(super) async fn act(
                     .map_err(&apply_err)?;
             }
             Step::Start { count, why } => {
-                for _ in 0..*count {
-                    let pod = apply::create_pod(&pods, job, &observed.secrets)
-                        .await
-                        .map_err(&apply_err)?;
-                    created.push(pod);
+                let started = start(job, ctx, mem, &pods, &observed.secrets, *count).await?;
+                created.extend(started.iter().cloned());
+                if !started.is_empty() {
+                    let count = u32::try_from(started.len()).unwrap_or(u32::MAX);
+                    info!(count, desired = plan.desired, "Started worker pods.");
+                    let note = events::scaled_up(count, plan.desired, why);
+                    events::publish(&ctx.recorder, &regarding, note).await;
                 }
-                info!(count, desired = plan.desired, "Started worker pods.");
-                let note = events::scaled_up(*count, plan.desired, why);
-                events::publish(&ctx.recorder, &regarding, note).await;
             }
             Step::Stop {
                 worker,
@@ -162,6 +163,68 @@ pub(super) async fn act(
                     .map_err(&apply_err)?;
             }
         }
+    }
+    Ok(created)
+}
+
+/// Creates up to `count` worker pods. A create the API server refuses for good (see
+/// [`refusal`]) stops the others and is remembered in `mem.start_refused`, announced by an
+/// Event and reported by the status; no pod is created again before its backoff ends or the
+/// spec is edited. Returns the pods created.
+///
+/// # Errors
+/// [`Error::Apply`] when a create fails in a way worth retrying (the API server unreachable, a
+/// conflict, throttling).
+async fn start(
+    job: &MigrateJob,
+    ctx: &Context,
+    mem: &mut JobMemory,
+    pods: &Api<Pod>,
+    secrets: &build::SecretVersions,
+    count: u32,
+) -> Result<Vec<String>, Error> {
+    let generation = job.metadata.generation;
+    if mem
+        .start_refused
+        .as_ref()
+        .is_some_and(|r| r.waiting(generation, Instant::now()))
+    {
+        return Ok(Vec::new());
+    }
+    let mut created = Vec::new();
+    for _ in 0..count {
+        mem.pods_written = true;
+        let error = match apply::create_pod(pods, job, secrets).await {
+            Ok(pod) => {
+                created.push(pod);
+                mem.start_refused = None;
+                continue;
+            }
+            Err(e) => e,
+        };
+        let refused = match &error {
+            apply::ApplyError::Api { source, .. } => refusal(source),
+            apply::ApplyError::Build { .. } => Some(error_chain(&error)),
+        };
+        let Some(message) = refused else {
+            return Err(Error::apply(job)(error));
+        };
+        let refusal = StartRefusal::after(
+            mem.start_refused.as_ref(),
+            message,
+            generation,
+            Instant::now(),
+        );
+        warn!(failures = refusal.failures, retry_in = ?StartRefusal::wait(refusal.failures), error = %refusal.message, "The API server refused a worker pod.");
+        let problem = refusal.problem(job);
+        let announced = mem.start_refused.as_ref().map(|r| r.message.as_str());
+        if announced != Some(refusal.message.as_str()) {
+            mem.reported.insert(REASON_POD_REFUSED.to_owned());
+            let note = events::problem(&problem.reason, &problem.message);
+            events::publish(&ctx.recorder, &job.object_ref(&()), note).await;
+        }
+        mem.start_refused = Some(refusal);
+        break;
     }
     Ok(created)
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::PartialObjectMeta;
@@ -43,6 +43,11 @@ pub(super) struct JobMemory {
     /// Whether the last round wrote to a pod: the next one then lists the pods from the API
     /// server rather than the cache, which may not have seen the write yet.
     pub(super) pods_written: bool,
+    /// The last worker pod create the API server refused, while no create has succeeded since.
+    pub(super) start_refused: Option<super::plan::StartRefusal>,
+    /// The key names of the Secrets and the ConfigMap the spec names, at the resource version
+    /// they were read at (never a value).
+    pub(super) reference_keys: super::observe::KnownKeys,
 }
 
 impl JobMemory {
@@ -77,6 +82,9 @@ pub(super) struct Caches {
     pub(super) pods: Store<Pod>,
     /// The metadata of every Secret: its resource version says whether a value changed.
     pub(super) secrets: Store<PartialObjectMeta<Secret>>,
+    /// The metadata of every ConfigMap: whether a job's keyword ConfigMap exists, and when it
+    /// changed.
+    pub(super) config_maps: Store<PartialObjectMeta<ConfigMap>>,
 }
 
 /// Shared state of the reconcilers.

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`queue`] | the job's Redis queue: backlog, in-flight ids, holders, outcome totals (behind [`QueueBackend`], so tests use a fake) |
 //! | [`secrets`] | the Redis URL and the resource versions of the Secrets the workers read |
+//! | [`references`] | whether every other Secret and the keyword ConfigMap the spec names exist and hold their keys |
 //! | [`scrape`] | each ready pod's `/metrics`, and the `metrics.k8s.io` API |
 //! | [`pods`] | pods mapped to the policy's workers (pure) |
 
@@ -14,6 +15,7 @@ use cache::{cached_versions, job_pods, namespace_pod_metrics, read_redis_url};
 mod error;
 mod pods;
 mod queue;
+mod references;
 mod scrape;
 mod secrets;
 
@@ -33,6 +35,7 @@ pub use pods::{
     already_reaped, exit_status, is_ready, pod_ip, stop_reason, to_worker, unschedulable,
 };
 pub use queue::{QueueBackend, QueueView, RedisQueues};
+pub use references::{Kind, KnownKeys, is_missing_reference, names_object};
 pub use scrape::{
     PodMemory, Scraped, parse_pod_memory, parse_scrape, pod_metrics, pod_metrics_resource, scrape,
 };
@@ -113,6 +116,29 @@ pub(super) async fn observe(
         }
         Err(e) => problems.push(redis_problem(job, &e)),
     }
+    // Checked against the watches' caches, so in full only once they serve (the first seconds
+    // of the operator); rounds before then ask the API server for nothing more, and learn only
+    // which Secrets are missing (below).
+    if let Some(c) = caches.as_ref() {
+        match references::check(
+            &ctx.client,
+            Some(c),
+            &namespace,
+            &job.spec,
+            &mut mem.reference_keys,
+        )
+        .await
+        {
+            Ok(missing) => problems.extend(missing),
+            Err(e) => problems.push(Problem::new(
+                e.reason(),
+                format!(
+                    "{}; no worker starts until every object the spec names can be read",
+                    error_chain(&e)
+                ),
+            )),
+        }
+    }
     let check_interval = Duration::from_millis(u64::from(job.spec.memory.check_interval_ms));
     let pod_metrics_error =
         scrape_pods(ctx, job, &pods, check_interval.min(MAX_SCRAPE_TIMEOUT), mem).await;
@@ -126,6 +152,12 @@ pub(super) async fn observe(
     };
     if let Err(e) = &secrets {
         tracing::warn!(error = %error_chain(e), "Cannot read the workers' Secrets' versions; no worker is rolled for them this round.");
+    }
+    // Before the caches serve, the versions just read still say which Secret is missing.
+    if caches.is_none()
+        && let Ok(versions) = &secrets
+    {
+        problems.extend(references::missing_secrets(&namespace, &job.spec, versions));
     }
     let template_hash = match &secrets {
         Ok(versions) => build::template_hash(job, versions).unwrap_or_default(),

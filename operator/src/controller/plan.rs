@@ -16,6 +16,7 @@ use migrate_crds::MigrateJob;
 
 mod problems;
 
+pub(super) use problems::{REASON_POD_REFUSED, StartRefusal, refusal};
 use problems::{Reports, oom_message, problems};
 
 use super::build;
@@ -236,8 +237,15 @@ pub(super) fn plan(
         });
         deleted.insert(worker.clone());
     }
+    // No worker starts while an object the spec names (or a key in it) is missing.
+    let blocked = observed
+        .problems
+        .iter()
+        .any(|p| observe::is_missing_reference(&p.reason));
     for action in &decision.actions {
-        if let PolicyAction::Start { count } = action {
+        if let PolicyAction::Start { count } = action
+            && !blocked
+        {
             steps.push(Step::Start {
                 count: *count,
                 why: scale_reason(settings, backlog),
@@ -420,6 +428,112 @@ mod tests {
                 |s| matches!(s, Step::RequeueVanished { worker } if worker == "other-worker-x")
             )
         );
+    }
+
+    /// A pod of `job` created an hour ago (past any start-up grace), Pending or Ready.
+    fn old_pod(name: &str, ready: bool) -> Pod {
+        let status = if ready {
+            json!({"phase": "Running", "podIP": "10.0.0.9",
+                   "conditions": [{"type": "Ready", "status": "True"}]})
+        } else {
+            json!({"phase": "Pending",
+                   "conditions": [{"type": "PodScheduled", "status": "False",
+                                   "reason": "Unschedulable", "message": "0/1 nodes are available"}]})
+        };
+        let created = Timestamp::now() - Duration::from_secs(3600);
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": name, "namespace": "etl",
+                "creationTimestamp": created.to_string(),
+                "ownerReferences": [{
+                    "apiVersion": "migrate-operator.io/v1alpha1", "kind": "MigrateJob",
+                    "name": "test", "uid": "uid-1", "controller": true
+                }]
+            },
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    fn reasons(plan: &Plan) -> Vec<&str> {
+        plan.problems.iter().map(|p| p.reason.as_str()).collect()
+    }
+
+    /// No memory reading is expected from a worker that is not Ready: a Pending pod, however
+    /// old, gives no MetricsUnavailable (it has its own Unschedulable), nor does a PodMetrics
+    /// API that cannot be read while no worker is Ready; a Ready worker without a reading does.
+    #[test]
+    fn missing_metrics_are_reported_only_for_ready_workers() {
+        let mut job = job(Some(1));
+        job.spec.memory.source = migrate_crds::MemorySource::PodMetrics;
+        let settings = Settings::from_spec(&job.spec).unwrap();
+        let mut seen = observed(vec![old_pod("test-worker-a", false)], QueueView::default());
+        seen.pod_metrics_error = Some("cannot list PodMetrics".to_owned());
+        let pending = plan(
+            &job,
+            &settings,
+            &seen,
+            &JobMemory::default(),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(reasons(&pending), ["Unschedulable"]);
+
+        let seen = observed(vec![old_pod("test-worker-a", true)], QueueView::default());
+        let ready = plan(
+            &job,
+            &settings,
+            &seen,
+            &JobMemory::default(),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(reasons(&ready), ["MetricsUnavailable"]);
+        assert!(
+            ready.problems[0].message.contains("test-worker-a"),
+            "{:?}",
+            ready.problems
+        );
+    }
+
+    /// A refused pod create waits 2 s, then twice as long after each refusal in a row, at most
+    /// 120 s; an edit of the spec (a new generation) starts again from 2 s.
+    #[test]
+    fn a_refused_pod_create_backs_off_and_an_edit_retries_at_once() {
+        let now = Instant::now();
+        let first = StartRefusal::after(None, "no".to_owned(), Some(1), now);
+        assert_eq!(first.retry_at - now, Duration::from_secs(2));
+        assert!(first.waiting(Some(1), now));
+        assert!(!first.waiting(Some(2), now), "an edit retries at once");
+        assert!(!first.waiting(Some(1), now + Duration::from_secs(2)));
+        let mut last = first;
+        for _ in 0..10 {
+            last = StartRefusal::after(Some(&last), "no".to_owned(), Some(1), now);
+        }
+        assert_eq!(last.failures, 11);
+        assert_eq!(last.retry_at - now, Duration::from_secs(120));
+        let edited = StartRefusal::after(Some(&last), "no".to_owned(), Some(2), now);
+        assert_eq!(edited.failures, 1);
+    }
+
+    /// A refusal for good is told from an error worth retrying as it is, and keeps the API
+    /// server's words.
+    #[test]
+    fn only_a_final_answer_of_the_api_server_is_a_refusal() {
+        let status = |code: u16, reason: &str| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                reason: reason.to_owned(),
+                message: format!("pods \"x\" is forbidden: answer {code}."),
+                ..kube::core::Status::default()
+            }))
+        };
+        assert_eq!(
+            refusal(&status(403, "Forbidden")).as_deref(),
+            Some("pods \"x\" is forbidden: answer 403 (403 Forbidden)")
+        );
+        assert!(refusal(&status(422, "Invalid")).is_some());
+        for transient in [404, 409, 429, 500, 503] {
+            assert_eq!(refusal(&status(transient, "x")), None, "{transient}");
+        }
     }
 
     /// A scale-up starts its pods before it stops any, and deletes nothing it starts.

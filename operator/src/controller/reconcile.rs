@@ -62,6 +62,7 @@ pub async fn reconcile(
             Ok(action)
         }
         Err(e) => {
+            report::failed(job, &ctx, &mut mem, &e).await;
             ctx.put_memory(key, mem);
             ctx.metrics.reconciled("error", started.elapsed());
             Err(e)

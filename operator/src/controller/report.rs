@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
+use migrate_contract::error_chain;
 use migrate_crds::MigrateJob;
 use tracing::warn;
 
@@ -37,7 +38,20 @@ pub(super) async fn report(
     plan: &Plan,
     created: Vec<String>,
 ) -> Result<Action, Error> {
-    let current: BTreeSet<&str> = plan.problems.iter().map(|p| p.reason.as_str()).collect();
+    // A refusal of an older spec says nothing of this one.
+    if mem
+        .start_refused
+        .as_ref()
+        .is_some_and(|r| r.generation != job.metadata.generation)
+    {
+        mem.start_refused = None;
+    }
+    let mut problems = plan.problems.clone();
+    if let Some(refused) = &mem.start_refused {
+        // First: while it lasts, no worker starts.
+        problems.insert(0, refused.problem(job));
+    }
+    let current: BTreeSet<&str> = problems.iter().map(|p| p.reason.as_str()).collect();
     mem.reported.retain(|r| {
         current.contains(r.as_str()) || r == "Completed" || r == validate::REASON_INVALID_SPEC
     });
@@ -75,7 +89,7 @@ pub(super) async fn report(
         complete: mem.policy.complete,
         settling: mem.policy.idle_since.is_some() && !mem.policy.complete,
         throttled: plan.throttled.clone(),
-        problems: plan.problems.clone(),
+        problems,
     };
     let new = status::running_status(job, &status_view, &mem.counters, &now_time());
     write_status(job, ctx, &new).await?;
@@ -138,6 +152,42 @@ pub(super) async fn invalid(
     let new = status::invalid_status(job, &message, &now_time());
     write_status(job, ctx, &new).await?;
     Ok(Action::await_change())
+}
+
+/// A round that failed: a Degraded condition carrying the error's words (the API server's,
+/// when it answered) and a Warning Event (once while the failure lasts), so that the failure is
+/// seen without the operator's log. The error policy then retries with backoff. A failure to
+/// write the status can only be announced by the Event.
+pub(super) async fn failed(job: &MigrateJob, ctx: &Context, mem: &mut JobMemory, error: &Error) {
+    let reason = failure_reason(error);
+    let message = format!(
+        "the last reconciliation failed and is retried with backoff (1 s doubling to 60 s): {}",
+        error_chain(error)
+    );
+    if mem.reported.insert(reason.to_owned()) {
+        events::publish(
+            &ctx.recorder,
+            &job.object_ref(&()),
+            events::problem(reason, &message),
+        )
+        .await;
+    }
+    if matches!(error, Error::Status { .. }) {
+        return;
+    }
+    let new = status::failed_status(job, reason, &message, &now_time());
+    if let Err(e) = write_status(job, ctx, &new).await {
+        warn!(error = %error_chain(&e), "Cannot write the status of a failed reconciliation.");
+    }
+}
+
+/// The Degraded reason (and Event reason) of a failed round.
+fn failure_reason(error: &Error) -> &'static str {
+    match error {
+        Error::Apply { .. } => "ApplyFailed",
+        Error::Status { .. } => "StatusWriteFailed",
+        Error::Requeue { .. } => "RequeueFailed",
+    }
 }
 
 /// An object that does not deserialize as a MigrateJob: a Warning Event, then no round until

@@ -6,21 +6,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::Client;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::{Client, ResourceExt};
 use migrate_contract::error_chain;
 use migrate_crds::MigrateJob;
 use tokio::sync::watch;
-use tracing::{Instrument as _, debug, error, info, info_span, warn};
+use tracing::{Instrument as _, debug, error, info, info_span};
 
 use super::build;
 use super::context::{Caches, Context};
-use super::observe::{QueueBackend, RedisQueues};
+use super::observe::{Kind, QueueBackend, RedisQueues, names_object};
 use super::reconcile::{error_policy, reconcile};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::{self, Health, Metrics};
@@ -251,22 +252,11 @@ async fn run_controller(
     stop: impl Future<Output = ()>,
 ) {
     let client = ctx.client.clone();
-    let (jobs, pods, secrets): (
-        Api<DeserializeGuard<MigrateJob>>,
-        Api<Pod>,
-        Api<PartialObjectMeta<Secret>>,
-    ) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client),
-        ),
-    };
+    let ns = namespace.as_deref();
+    let jobs: Api<DeserializeGuard<MigrateJob>> = scoped(&client, ns);
+    let pods: Api<Pod> = scoped(&client, ns);
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped(&client, ns);
+    let config_maps: Api<PartialObjectMeta<ConfigMap>> = scoped(&client, ns);
     let pod_watch =
         watcher::Config::default().labels(&format!("app.kubernetes.io/name={}", build::APP_NAME));
     let (pod_cache, pod_writer) = reflector::store::<Pod>();
@@ -274,25 +264,31 @@ async fn run_controller(
         .default_backoff()
         .touched_objects();
     let (secret_cache, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
-    // Metadata only: the operator never holds the Secrets' values but the Redis URL's.
+    // Metadata only: the operator never holds the Secrets' values but the Redis URL's (of the
+    // others it reads the key names, when their version changes).
     let secret_events = reflector(secret_writer, watcher(secrets, watcher::Config::default()))
         .default_backoff()
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                warn!(error = %error_chain(&e), "Watching Secrets failed; retrying.");
-            }
-        });
+        .touched_objects();
+    let (config_map_cache, config_map_writer) = reflector::store::<PartialObjectMeta<ConfigMap>>();
+    let config_map_events = reflector(
+        config_map_writer,
+        watcher(config_maps, watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
     let caches = Caches {
         pods: pod_cache,
         secrets: secret_cache,
+        config_maps: config_map_cache,
     };
     let serve_caches = {
         let ctx = ctx.clone();
         async move {
             if caches.pods.wait_until_ready().await.is_ok()
                 && caches.secrets.wait_until_ready().await.is_ok()
+                && caches.config_maps.wait_until_ready().await.is_ok()
             {
-                debug!("Pod and Secret caches ready.");
+                debug!("Pod, Secret and ConfigMap caches ready.");
                 ctx.set_caches(Some(caches));
             }
             std::future::pending::<()>().await;
@@ -302,8 +298,17 @@ async fn run_controller(
         namespace = namespace.as_deref().unwrap_or("(all)"),
         "Reconciling MigrateJobs."
     );
-    let controller = Controller::new(jobs, watcher::Config::default().any_semantic())
+    let controller = Controller::new(jobs, watcher::Config::default().any_semantic());
+    // A Secret or ConfigMap that appears or changes starts a round of each job naming it, so
+    // a job waiting for one starts its workers without waiting for a requeue.
+    let (secret_jobs, config_map_jobs) = (
+        jobs_naming(controller.store(), Kind::Secret),
+        jobs_naming(controller.store(), Kind::ConfigMap),
+    );
+    let controller = controller
         .owns_stream(pod_events)
+        .watches_stream(secret_events, secret_jobs)
+        .watches_stream(config_map_events, config_map_jobs)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
@@ -320,11 +325,43 @@ async fn run_controller(
         .instrument(info_span!("controller"));
     tokio::select! {
         () = controller => {}
-        () = secret_events => {}
         () = serve_caches => {}
         () = stop => {}
     }
     ctx.set_caches(None);
+}
+
+/// The objects of `namespace`, or of every namespace.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The jobs of `store` whose spec names an object of `kind` (a Secret's or ConfigMap's
+/// metadata), to start their rounds when it appears or changes.
+fn jobs_naming<K: ResourceExt>(
+    store: Store<DeserializeGuard<MigrateJob>>,
+    kind: Kind,
+) -> impl Fn(K) -> Vec<ObjectRef<DeserializeGuard<MigrateJob>>> {
+    move |object: K| {
+        let (name, namespace) = (object.name_any(), object.namespace());
+        store
+            .state()
+            .iter()
+            .filter(|guard| {
+                guard.0.as_ref().is_ok_and(|job| {
+                    job.namespace() == namespace && names_object(&job.spec, kind, &name)
+                })
+            })
+            .map(|guard| ObjectRef::from_obj(&**guard))
+            .collect()
+    }
 }
 
 #[cfg(test)]

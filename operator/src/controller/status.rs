@@ -6,9 +6,12 @@
 //! - `Progressing`: the pool is moving towards what is wanted (`ScalingUp`, `ScalingDown`,
 //!   `Restarting`, `RestartsThrottled`, `Stable`, `Complete`).
 //! - `Degraded`: something needs a person (`InvalidSpec`, `RedisSecretMissing`,
-//!   `RedisSecretInvalid`, `RedisUnreachable`, `WorkerConfigError`, `OomKilled`,
-//!   `AllOverSoftLimit`, `MetricsUnavailable`, `Unschedulable`; `AsExpected` when nothing
-//!   does).
+//!   `RedisSecretInvalid`, `RedisUnreachable`, `SecretMissing`, `SecretKeyMissing`,
+//!   `ConfigMapMissing`, `KeywordFileMissing`, `ReferenceUnreadable` (an object the spec names,
+//!   or a key in it: no worker starts), `WorkerConfigError`, `PodCreateRefused` (the API
+//!   server's words), `ApplyFailed` or `RequeueFailed` (a round that failed, in the API
+//!   server's words), `OomKilled`, `AllOverSoftLimit`, `MetricsUnavailable`, `Unschedulable`;
+//!   `AsExpected` when nothing does).
 //! - `Complete`: drain mode finished (`Drained`; `Running` or `ContinuousMode` until then).
 //!
 //! A condition's `lastTransitionTime` changes only when its status does, and the status is
@@ -442,6 +445,13 @@ fn blocks_work(reason: &str) -> bool {
             | "RedisSecretUnreadable"
             | "RedisUnreachable"
             | "WorkerConfigError"
+            | "PodCreateRefused"
+            | "ApplyFailed"
+            | "SecretMissing"
+            | "SecretKeyMissing"
+            | "ConfigMapMissing"
+            | "KeywordFileMissing"
+            | "ReferenceUnreadable"
     )
 }
 
@@ -449,6 +459,53 @@ fn blocks_work(reason: &str) -> bool {
 /// naming the problems.
 #[must_use]
 pub fn invalid_status(job: &MigrateJob, message: &str, now: &Time) -> MigrateJobStatus {
+    stopped_status(
+        job,
+        super::validate::REASON_INVALID_SPEC,
+        message,
+        (
+            "no workers start while the spec is invalid",
+            "nothing is started or scaled while the spec is invalid",
+            "the spec is invalid",
+        ),
+        now,
+    )
+}
+
+/// The status of a job whose round failed (`reason`, `message`: what failed, in the API
+/// server's words when it answered): the previous status with the Degraded condition saying
+/// so, and the phase Degraded, so that a job whose first round fails does not show a blank
+/// phase.
+#[must_use]
+pub fn failed_status(
+    job: &MigrateJob,
+    reason: &str,
+    message: &str,
+    now: &Time,
+) -> MigrateJobStatus {
+    stopped_status(
+        job,
+        reason,
+        message,
+        (
+            "no worker is known to be ready: the last reconciliation failed",
+            "nothing is started or scaled until a reconciliation succeeds",
+            "the last reconciliation failed",
+        ),
+        now,
+    )
+}
+
+/// The previous status with a Degraded condition (`reason`, `message`), Progressing false, and
+/// Ready and Complete kept (or, when there were none, false with `texts`' messages).
+fn stopped_status(
+    job: &MigrateJob,
+    reason: &str,
+    message: &str,
+    texts: (&str, &str, &str),
+    now: &Time,
+) -> MigrateJobStatus {
+    let (ready_text, progressing_text, complete_text) = texts;
     let generation = job.metadata.generation;
     let mut status = job.status.clone().unwrap_or_default();
     let previous = status.conditions.clone();
@@ -458,8 +515,8 @@ pub fn invalid_status(job: &MigrateJob, message: &str, now: &Time) -> MigrateJob
         condition(
             READY,
             false,
-            "InvalidSpec",
-            "no workers start while the spec is invalid".to_owned(),
+            reason,
+            ready_text.to_owned(),
             generation,
             &previous,
             now,
@@ -468,8 +525,8 @@ pub fn invalid_status(job: &MigrateJob, message: &str, now: &Time) -> MigrateJob
     conditions.push(condition(
         PROGRESSING,
         false,
-        "InvalidSpec",
-        "nothing is started or scaled while the spec is invalid".to_owned(),
+        reason,
+        progressing_text.to_owned(),
         generation,
         &previous,
         now,
@@ -477,7 +534,7 @@ pub fn invalid_status(job: &MigrateJob, message: &str, now: &Time) -> MigrateJob
     conditions.push(condition(
         DEGRADED,
         true,
-        super::validate::REASON_INVALID_SPEC,
+        reason,
         message.to_owned(),
         generation,
         &previous,
@@ -487,8 +544,8 @@ pub fn invalid_status(job: &MigrateJob, message: &str, now: &Time) -> MigrateJob
         condition(
             COMPLETE,
             false,
-            "InvalidSpec",
-            "the spec is invalid".to_owned(),
+            reason,
+            complete_text.to_owned(),
             generation,
             &previous,
             now,

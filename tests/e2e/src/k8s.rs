@@ -286,6 +286,39 @@ pub async fn create_url_secret(client: &Client, ns: &str, name: &str, url: &str)
     );
 }
 
+/// Creates every object besides the Redis Secret that the example spec names, as the operator
+/// checks before it starts a worker: the Secrets `migrate-mysql` and `migrate-search` (key
+/// `url`, holding URLs no test connects to) and the ConfigMap `migrate-keywords` with one word
+/// in each keyword file. For tests where no worker runs.
+pub async fn create_example_references(client: &Client, ns: &str) {
+    create_url_secret(
+        client,
+        ns,
+        "migrate-mysql",
+        "mysql://user:pass@mysql:3306/db",
+    )
+    .await;
+    create_url_secret(client, ns, "migrate-search", "http://search:9200").await;
+    let data = [crate::datagen::TOPICS_FILE, crate::datagen::BLACKLIST_FILE]
+        .iter()
+        .map(|f| ((*f).to_owned(), "word\n".to_owned()))
+        .collect();
+    let config_map = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("migrate-keywords".to_owned()),
+            ..kube::api::ObjectMeta::default()
+        },
+        data: Some(data),
+        ..ConfigMap::default()
+    };
+    or_fail(
+        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &config_map)
+            .await
+            .map_err(api(format!("creating the keyword ConfigMap in {ns}"))),
+    );
+}
+
 /// Creates the ConfigMap `migrate-keywords` in namespace `ns` from the keyword files
 /// [`crate::datagen::write_keyword_files`] wrote into `dir`, as the example spec's
 /// `keywords.configMap` names it.

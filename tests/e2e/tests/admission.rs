@@ -10,6 +10,9 @@
 //!   through it (a PUT, `kubectl scale`) sets the count with `autoscaling: External` and is
 //!   refused, naming the field, the value and the mode, with `autoscaling: Backlog`.
 //!
+//! The jobs admission accepts but that cannot run are in `corpus/reported/`: each gets a
+//! Degraded condition and an Event from the running operator (`operator/tests/reported_apiserver.rs`).
+//!
 //! The CRD is installed under a private API group (see [`install_private_crd`]), so other test
 //! runs applying their own version of the CRD to the same API server cannot change the outcome.
 //! Objects are created with a server-side dry run: admission runs in full and nothing is stored.

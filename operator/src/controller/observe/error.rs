@@ -36,6 +36,19 @@ pub enum ObserveError {
         #[source]
         source: kube::Error,
     },
+    /// A Secret or ConfigMap the spec names could not be read.
+    #[error("cannot read {kind} {namespace}/{name}")]
+    ReferenceRead {
+        /// Secret or ConfigMap.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The `metrics.k8s.io` API could not be listed.
     #[error(
         "cannot list PodMetrics (metrics.k8s.io/v1beta1): is metrics-server installed (kubectl top pod)?"
@@ -95,6 +108,7 @@ impl ObserveError {
             Self::SecretMissing { .. } => "RedisSecretMissing",
             Self::SecretKeyMissing { .. } | Self::RedisUrl(_) => "RedisSecretInvalid",
             Self::SecretRead { .. } => "RedisSecretUnreadable",
+            Self::ReferenceRead { .. } => "ReferenceUnreadable",
             Self::RedisConnect { .. }
             | Self::Queue { .. }
             | Self::Redis { .. }

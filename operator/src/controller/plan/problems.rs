@@ -2,6 +2,7 @@
 //! and what was observed.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use migrate_crds::{MemorySource, MigrateJob};
@@ -10,6 +11,94 @@ use crate::controller::build;
 use crate::controller::observe::{self, Observed};
 use crate::controller::status::Problem;
 use crate::policy::{PolicyState, Report};
+
+/// The Degraded reason of a worker pod the API server refused to create.
+pub(in crate::controller) const REASON_POD_REFUSED: &str = "PodCreateRefused";
+/// The first wait before a refused pod create is tried again; it doubles up to
+/// [`REFUSED_RETRY_MAX`], and an edit of the spec tries again at once.
+const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(2);
+/// The longest wait between two tries of a refused pod create.
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(120);
+
+/// A worker pod the API server refused to create (a 4xx other than a conflict or throttling:
+/// an invalid field, a quota, an admission policy, a missing PriorityClass): its words, and
+/// when to try again. Until then the rounds go on (supervising the pods that run) but create
+/// no pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::controller) struct StartRefusal {
+    /// What the API server said, with its code and reason.
+    pub(in crate::controller) message: String,
+    /// Refusals in a row.
+    pub(in crate::controller) failures: u32,
+    /// No pod create before this.
+    pub(in crate::controller) retry_at: Instant,
+    /// The job's generation when refused: an edit tries again at once.
+    pub(in crate::controller) generation: Option<i64>,
+}
+
+impl StartRefusal {
+    /// The refusal after `previous` (the wait doubles), at `now`.
+    pub(in crate::controller) fn after(
+        previous: Option<&StartRefusal>,
+        message: String,
+        generation: Option<i64>,
+        now: Instant,
+    ) -> Self {
+        let failures = previous
+            .filter(|p| p.generation == generation)
+            .map_or(1, |p| p.failures.saturating_add(1));
+        Self {
+            message,
+            failures,
+            retry_at: now + Self::wait(failures),
+            generation,
+        }
+    }
+
+    /// The wait after `failures` refusals in a row: 2 s, 4 s, 8 s … at most 120 s.
+    pub(in crate::controller) fn wait(failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        REFUSED_RETRY_FIRST
+            .saturating_mul(1 << doublings)
+            .min(REFUSED_RETRY_MAX)
+    }
+
+    /// Whether a pod create waits at `now` for a job at `generation`.
+    pub(in crate::controller) fn waiting(&self, generation: Option<i64>, now: Instant) -> bool {
+        self.generation == generation && now < self.retry_at
+    }
+
+    /// The Degraded problem: the API server's words and what to do.
+    pub(in crate::controller) fn problem(&self, job: &MigrateJob) -> Problem {
+        Problem::new(
+            REASON_POD_REFUSED,
+            format!(
+                "the API server refused to create a worker pod: {}. Fix the spec (`kubectl edit migratejob {}`) or what the namespace enforces (quota, admission policy, PriorityClass); no worker starts until then, and the create is tried again with a backoff of up to {} s, at once after an edit",
+                self.message,
+                job.name_any(),
+                REFUSED_RETRY_MAX.as_secs()
+            ),
+        )
+    }
+}
+
+/// The API server's words when it refused a write for good (a 4xx other than 404, a conflict
+/// or throttling), `None` for an error worth retrying as it is.
+pub(in crate::controller) fn refusal(error: &kube::Error) -> Option<String> {
+    match error {
+        kube::Error::Api(status)
+            if (400..500).contains(&status.code) && ![404, 409, 429].contains(&status.code) =>
+        {
+            Some(format!(
+                "{} ({} {})",
+                status.message.trim_end_matches('.'),
+                status.code,
+                status.reason
+            ))
+        }
+        _ => None,
+    }
+}
 
 /// The policy's reports, sorted by what each is used for.
 #[derive(Debug, Default)]
@@ -78,13 +167,21 @@ pub(super) fn problems(
             ),
         ));
     }
+    // Only a Ready worker is expected to answer: one that is Pending or still starting has no
+    // reading yet, and Pending pods have their own condition (Unschedulable).
+    let ready: BTreeSet<String> = observed
+        .pods
+        .iter()
+        .filter(|p| observe::is_ready(p) && observe::exit_status(p).is_none())
+        .map(ResourceExt::name_any)
+        .collect();
     let stale: Vec<&str> = reports
         .stale
         .iter()
-        .filter(|w| !deleted.contains(*w))
+        .filter(|w| !deleted.contains(*w) && ready.contains(*w))
         .map(String::as_str)
         .collect();
-    if !stale.is_empty() || observed.pod_metrics_error.is_some() {
+    if !stale.is_empty() || (observed.pod_metrics_error.is_some() && !ready.is_empty()) {
         let from = match job.spec.memory.source {
             MemorySource::Worker => format!(
                 "check that the pods are ready and answer /metrics on port {}",
