@@ -49,8 +49,21 @@ impl Cgroup {
 }
 
 impl Drop for Cgroup {
+    /// Removes the cgroup once its last process has been released (the kernel lets go of an
+    /// exited, reaped process a moment after `wait` returns; until then rmdir says busy).
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        for _ in 0..100 {
+            match std::fs::remove_dir(&self.0) {
+                Err(e) if e.raw_os_error() == Some(16) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => return,
+            }
+        }
+        eprintln!(
+            "the test cgroup {} is still busy; remove it by hand",
+            self.0.display()
+        );
     }
 }
 
