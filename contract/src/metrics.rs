@@ -13,6 +13,12 @@ pub const CGROUP_MEMORY_BYTES: &str = "migrate_cgroup_memory_bytes";
 /// `migrate_cgroup_memory_working_set_bytes`: the cgroup's working set, as the kubelet
 /// computes it.
 pub const CGROUP_WORKING_SET_BYTES: &str = "migrate_cgroup_memory_working_set_bytes";
+/// `migrate_memory_usage_bytes`: the one memory figure the worker compares with its thresholds
+/// and its supervisor reads ([`crate::memory::read_figure`]).
+pub const MEMORY_USAGE_BYTES: &str = "migrate_memory_usage_bytes";
+/// `migrate_memory_usage_source{source}`: 1 for the figure `migrate_memory_usage_bytes` is
+/// (`cgroupWorkingSet` or `rss`), 0 for the other.
+pub const MEMORY_USAGE_SOURCE: &str = "migrate_memory_usage_source";
 /// `migrate_cgroup_memory_limit_bytes`: the memory limit the worker knows (0: none).
 pub const CGROUP_LIMIT_BYTES: &str = "migrate_cgroup_memory_limit_bytes";
 /// `migrate_tasks_done`: tasks the worker process finished.

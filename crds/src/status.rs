@@ -61,6 +61,23 @@ pub struct MigrateJobStatus {
     /// The pipeline stage whose retained memory grows, when one does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leak: Option<LeakReport>,
+    /// Which memory figure the workers' thresholds are compared with, by the workers and the
+    /// operator alike: `cgroupWorkingSet` (the working set of each worker's own cgroup, as in
+    /// a pod) or `rss` (a worker without a cgroup of its own). `rss` when workers differ;
+    /// absent until a worker has been read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_source: Option<MemoryFigureSource>,
+}
+
+/// A memory figure compared with a worker's thresholds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MemoryFigureSource {
+    /// The working set of the worker's own memory cgroup: usage minus the inactive page
+    /// cache, what the kubelet evicts on.
+    CgroupWorkingSet,
+    /// The worker process's resident set size.
+    Rss,
 }
 
 /// One-word summary of a MigrateJob.

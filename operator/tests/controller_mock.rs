@@ -212,6 +212,11 @@ async fn expect_children(handle: &mut Handle) {
             .unwrap()
             .contains("articles")
     );
+}
+
+/// The PodDisruptionBudget, applied once the round knows how many workers it wants:
+/// `minAvailable` one below that.
+async fn expect_budget(handle: &mut Handle, min_available: i32) {
     let pdb = answer(
         handle,
         call(
@@ -222,7 +227,8 @@ async fn expect_children(handle: &mut Handle) {
         echo,
     )
     .await;
-    assert_eq!(pdb["spec"]["maxUnavailable"], json!(1));
+    assert_eq!(pdb["spec"]["minAvailable"], json!(min_available));
+    assert_eq!(pdb["spec"].get("maxUnavailable"), None);
 }
 
 async fn expect_pods_and_secret(handle: &mut Handle, pods: Vec<Value>) {
@@ -375,6 +381,7 @@ async fn a_new_job_gets_its_finalizer_children_and_pods_for_the_backlog() {
         );
         expect_children(&mut h).await;
         expect_pods_and_secret(&mut h, vec![]).await;
+        expect_budget(&mut h, 2).await;
         for i in 0..3 {
             let body = answer(
                 &mut h,
@@ -443,6 +450,7 @@ async fn scaling_down_deletes_the_idle_pod_and_keeps_the_busy_one() {
             vec![pod("test-worker-busy", true), pod("test-worker-idle", true)],
         )
         .await;
+        expect_budget(&mut h, 0).await;
         let patch = answer(
             &mut h,
             call(
@@ -506,6 +514,7 @@ async fn the_status_is_applied_with_conditions_selector_and_counters() {
     run(j, ctx, handle, |mut h| async move {
         expect_children(&mut h).await;
         expect_pods_and_secret(&mut h, vec![]).await;
+        expect_budget(&mut h, 0).await;
         let status = expect_status(&mut h, &j2).await;
         assert_eq!(
             status["selector"],
@@ -557,6 +566,7 @@ async fn a_missing_redis_secret_is_a_degraded_condition_not_a_crash() {
             &["migrate-mysql", "migrate-redis", "migrate-search"],
         )
         .await;
+        expect_budget(&mut h, 0).await;
         let event = expect_event(&mut h, "RedisSecretMissing").await;
         assert_eq!(event["type"], json!("Warning"));
         let status = expect_status(&mut h, &j2).await;

@@ -16,7 +16,7 @@ pub use migrate_contract::metrics::parse_text;
 
 use migrate_contract::keys::stat;
 
-use crate::memory::{MemoryState, read_cgroup, read_rss, retained_all};
+use crate::memory::{FigureSource, MemoryState, read_cgroup, read_figure, read_rss, retained_all};
 use crate::stage::Stage;
 
 /// The `Content-Type` of [`WorkerMetrics::encode`]'s output.
@@ -77,6 +77,8 @@ pub struct WorkerMetrics {
     cgroup_working_set: Gauge,
     cgroup_limit: Gauge,
     soft_limit: Gauge,
+    usage: Gauge,
+    usage_source: Family<Label, Gauge>,
     retained: Family<Label, Gauge>,
     queue_lag: Gauge<f64, AtomicU64>,
 }
@@ -105,6 +107,8 @@ impl WorkerMetrics {
         let cgroup_working_set = Gauge::default();
         let cgroup_limit = Gauge::default();
         let soft_limit = Gauge::default();
+        let usage = Gauge::default();
+        let usage_source = Family::<Label, Gauge>::default();
         let retained = Family::<Label, Gauge>::default();
         let queue_lag = Gauge::<f64, AtomicU64>::default();
 
@@ -147,8 +151,18 @@ impl WorkerMetrics {
         );
         registry.register(
             "migrate_cgroup_memory_working_set_bytes",
-            "memory.current minus the inactive page cache of the worker's cgroup: the working set the kubelet and the OOM killer see, and the figure supervision compares (0 outside a memory cgroup)",
+            "memory.current minus the inactive page cache of the worker's cgroup: the working set the kubelet evicts on (0 outside a memory cgroup)",
             cgroup_working_set.clone(),
+        );
+        registry.register(
+            "migrate_memory_usage_bytes",
+            "The memory figure compared with the thresholds, by the worker and by its supervisor: the working set of the worker's own cgroup, or RSS where it has none of its own (see migrate_memory_usage_source)",
+            usage.clone(),
+        );
+        registry.register(
+            "migrate_memory_usage_source",
+            "1 for the figure migrate_memory_usage_bytes is: cgroupWorkingSet or rss",
+            usage_source.clone(),
         );
         registry.register(
             "migrate_cgroup_memory_limit_bytes",
@@ -177,6 +191,9 @@ impl WorkerMetrics {
         for trigger in BULK_TRIGGERS {
             let _ = bulk_requests.get_or_create(&[("trigger", trigger)]);
         }
+        for source in FigureSource::ALL {
+            let _ = usage_source.get_or_create(&[("source", source.as_str())]);
+        }
         for stage in Stage::ALL {
             let _ = stage_seconds.get_or_create(&stage_label(stage));
             let _ = retained.get_or_create(&stage_label(stage));
@@ -195,6 +212,8 @@ impl WorkerMetrics {
             cgroup_working_set,
             cgroup_limit,
             soft_limit,
+            usage,
+            usage_source,
             retained,
             queue_lag,
         }
@@ -249,11 +268,25 @@ impl WorkerMetrics {
         self.cgroup_limit
             .set(saturating_i64(state.limit.unwrap_or(0)));
         self.soft_limit.set(saturating_i64(state.soft.unwrap_or(0)));
+        self.set_usage(state.usage, state.source);
     }
 
-    /// Reads RSS and the cgroup's usage now and sets their gauges (the limits stay as the last
-    /// [`WorkerMetrics::set_memory`] left them). Reads two small `/proc`/`/sys` files.
+    fn set_usage(&self, bytes: u64, source: FigureSource) {
+        self.usage.set(saturating_i64(bytes));
+        for s in FigureSource::ALL {
+            self.usage_source
+                .get_or_create(&[("source", s.as_str())])
+                .set(i64::from(s == source));
+        }
+    }
+
+    /// Reads RSS, the cgroup's usage and the memory figure now and sets their gauges (the
+    /// limits stay as the last [`WorkerMetrics::set_memory`] left them). Reads a few small
+    /// `/proc`/`/sys` files.
     pub fn refresh_memory(&self) {
+        if let Some(figure) = read_figure() {
+            self.set_usage(figure.bytes, figure.source);
+        }
         if let Some(rss) = read_rss() {
             self.resident_memory.set(saturating_i64(rss));
         }
@@ -295,7 +328,7 @@ mod tests {
     use crate::memory::Level;
 
     /// Every worker metric named in the architecture page, as exposed.
-    const DOCUMENTED: [&str; 12] = [
+    const DOCUMENTED: [&str; 14] = [
         "migrate_tasks_total",
         "migrate_stage_seconds",
         "migrate_in_flight",
@@ -308,6 +341,8 @@ mod tests {
         "migrate_stage_retained_bytes",
         "migrate_queue_lag_seconds",
         "migrate_memory_soft_limit_bytes",
+        "migrate_memory_usage_bytes",
+        "migrate_memory_usage_source",
     ];
 
     fn sample_names(text: &str) -> Vec<String> {
@@ -371,6 +406,7 @@ mod tests {
             cgroup_current: Some(3 << 20),
             cgroup_working_set: Some(2 << 20),
             usage: 2 << 20,
+            source: FigureSource::CgroupWorkingSet,
             limit: Some(8 << 20),
             soft: Some(6 << 20),
             hard: Some(7 << 20),
@@ -421,6 +457,12 @@ mod tests {
         );
         assert_eq!(get("migrate_cgroup_memory_limit_bytes"), f64::from(8 << 20));
         assert_eq!(get("migrate_memory_soft_limit_bytes"), f64::from(6 << 20));
+        assert_eq!(get("migrate_memory_usage_bytes"), f64::from(2 << 20));
+        assert_eq!(
+            get(r#"migrate_memory_usage_source{source="cgroupWorkingSet"}"#),
+            1.0
+        );
+        assert_eq!(get(r#"migrate_memory_usage_source{source="rss"}"#), 0.0);
         assert!(v.contains_key(r#"migrate_stage_retained_bytes{stage="keywords"}"#));
     }
 

@@ -15,6 +15,10 @@ pub struct CgroupMemory {
     /// Page cache the kernel can drop without writing anything back (`inactive_file` of
     /// `memory.stat`); 0 when unknown.
     pub inactive_file: u64,
+    /// Whether the cgroup holds the process read alone (its `cgroup.procs` lists that pid
+    /// only), as a container's cgroup does; a cgroup shared with other processes is not this
+    /// process's memory.
+    pub own: bool,
 }
 
 impl CgroupMemory {
@@ -30,26 +34,47 @@ impl CgroupMemory {
 /// the root cgroup, which has no `memory.current`).
 #[must_use]
 pub fn read_cgroup() -> Option<CgroupMemory> {
-    read_cgroup_at(Path::new("/proc/self/cgroup"))
+    read_cgroup_at(Path::new("/proc/self/cgroup"), std::process::id())
 }
 
 /// Memory of another process's cgroup, for a supervisor watching its children (in the caller's
 /// mount namespace); `None` as for [`read_cgroup`] or when the process is gone.
 #[must_use]
 pub fn read_cgroup_of(pid: u32) -> Option<CgroupMemory> {
-    read_cgroup_at(Path::new(&format!("/proc/{pid}/cgroup")))
+    read_cgroup_at(Path::new(&format!("/proc/{pid}/cgroup")), pid)
 }
 
-fn read_cgroup_at(proc_cgroup: &Path) -> Option<CgroupMemory> {
+fn read_cgroup_at(proc_cgroup: &Path, pid: u32) -> Option<CgroupMemory> {
     let membership = std::fs::read_to_string(proc_cgroup).ok()?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mounts = parse_mountinfo(&mountinfo);
     if let Some(dir) = v2_dir(&membership, &mounts)
         && let Some(memory) = read_v2(&dir)
     {
-        return Some(memory);
+        return Some(CgroupMemory {
+            own: holds_only(&dir, pid),
+            ..memory
+        });
     }
-    v1_dir(&membership, &mounts).and_then(|dir| read_v1(&dir))
+    let dir = v1_dir(&membership, &mounts)?;
+    read_v1(&dir).map(|memory| CgroupMemory {
+        own: holds_only(&dir, pid),
+        ..memory
+    })
+}
+
+/// Whether the cgroup at `dir` holds process `pid` and no other (`cgroup.procs`, one pid a
+/// line, as seen from this pid namespace). Reads two lines at most: a shared cgroup may list
+/// thousands.
+fn holds_only(dir: &Path, pid: u32) -> bool {
+    use std::io::BufRead;
+    let Ok(file) = std::fs::File::open(dir.join("cgroup.procs")) else {
+        return false;
+    };
+    let mut lines = std::io::BufReader::new(file).lines();
+    let first = lines.next().and_then(Result::ok);
+    let second = lines.next().and_then(Result::ok);
+    first.and_then(|l| l.trim().parse::<u32>().ok()) == Some(pid) && second.is_none()
 }
 
 /// The cgroup v2 directory of a process: the `0::/path` line of `/proc/<pid>/cgroup` under the
@@ -102,6 +127,7 @@ fn read_v2(dir: &Path) -> Option<CgroupMemory> {
         current,
         max,
         inactive_file,
+        own: false,
     })
 }
 
@@ -114,6 +140,7 @@ fn read_v1(dir: &Path) -> Option<CgroupMemory> {
         current,
         max,
         inactive_file,
+        own: false,
     })
 }
 
@@ -294,7 +321,8 @@ mod tests {
             Some(CgroupMemory {
                 current: 123_456,
                 max: None,
-                inactive_file: 4000
+                inactive_file: 4000,
+                own: false
             })
         );
         std::fs::write(dir.path().join("memory.max"), "1073741824\n").unwrap();
@@ -328,10 +356,27 @@ mod tests {
             Some(CgroupMemory {
                 current: 5000,
                 max: None,
-                inactive_file: 7000
+                inactive_file: 7000,
+                own: false
             })
         );
         assert_eq!(read_v1(dir.path()).unwrap().working_set(), 0);
+    }
+
+    /// A container's cgroup lists its one process; a shared one lists several, and an empty
+    /// or missing `cgroup.procs` is no process's own.
+    #[test]
+    fn a_cgroup_is_a_process_own_only_when_it_lists_that_process_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = dir.path().join("cgroup.procs");
+        assert!(!holds_only(dir.path(), 42));
+        std::fs::write(&procs, "42\n").unwrap();
+        assert!(holds_only(dir.path(), 42));
+        assert!(!holds_only(dir.path(), 43));
+        std::fs::write(&procs, "42\n57\n").unwrap();
+        assert!(!holds_only(dir.path(), 42));
+        std::fs::write(&procs, "").unwrap();
+        assert!(!holds_only(dir.path(), 42));
     }
 
     #[test]

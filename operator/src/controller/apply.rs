@@ -70,7 +70,7 @@ pub(super) fn not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-/// Server-side applies the pipeline ConfigMap and the PodDisruptionBudget.
+/// Server-side applies the pipeline ConfigMap.
 ///
 /// # Errors
 /// [`ApplyError`].
@@ -94,12 +94,30 @@ pub async fn apply_children(client: &Client, job: &MigrateJob) -> Result<(), App
         .await
         .map_err(ApplyError::api("apply", "ConfigMap", &namespace, &cm_name))?;
 
-    let pdb = build::pod_disruption_budget(job).map_err(build_err)?;
+    Ok(())
+}
+
+/// Server-side applies the PodDisruptionBudget for `desired` workers (see
+/// [`build::pod_disruption_budget`]).
+///
+/// # Errors
+/// [`ApplyError`].
+pub async fn apply_budget(
+    client: &Client,
+    job: &MigrateJob,
+    desired: u32,
+) -> Result<(), ApplyError> {
+    let name = job.name_any();
+    let namespace = job.namespace().unwrap_or_default();
+    let pdb = build::pod_disruption_budget(job, desired).map_err(|source| ApplyError::Build {
+        job: name.clone(),
+        source,
+    })?;
     let pdb_name = build::pdb_name(&name);
     Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace)
         .patch(
             &pdb_name,
-            &params,
+            &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&with_type(&pdb, "policy/v1", "PodDisruptionBudget")),
         )
         .await

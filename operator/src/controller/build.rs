@@ -172,20 +172,32 @@ pub fn pipeline_config_map(job: &MigrateJob) -> Result<ConfigMap, BuildError> {
     })
 }
 
-/// The PodDisruptionBudget of the job's workers: at most one evicted at a time.
+/// The PodDisruptionBudget of the job's workers: at most one evicted at a time while
+/// `desired` workers are wanted, as `minAvailable: desired - 1`.
+///
+/// Not `maxUnavailable: 1`: with a percentage or `maxUnavailable`, the disruption controller
+/// takes the expected pod count from the owner's scale subresource, and `spec.replicas` is 1
+/// under `autoscaling: Backlog` whatever the pool's size: expected 1, desired healthy 0, and
+/// every worker could be evicted at once. An integer `minAvailable` is counted against the
+/// pods that exist, so the operator re-applies it when the desired count changes. With one worker wanted, `minAvailable` is 0: a node drain is
+/// never blocked for good by a single worker.
 ///
 /// # Errors
 /// [`BuildError::Incomplete`] when the job did not come from the API server.
-pub fn pod_disruption_budget(job: &MigrateJob) -> Result<PodDisruptionBudget, BuildError> {
+pub fn pod_disruption_budget(
+    job: &MigrateJob,
+    desired: u32,
+) -> Result<PodDisruptionBudget, BuildError> {
     let id = identity(job)?;
     let match_labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
         (JOB_LABEL.to_owned(), id.name.to_owned()),
     ]);
+    let min_available = i32::try_from(desired.saturating_sub(1)).unwrap_or(i32::MAX);
     Ok(PodDisruptionBudget {
         metadata: meta(&id, pdb_name(id.name)),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            min_available: Some(IntOrString::Int(min_available)),
             selector: Some(LabelSelector {
                 match_labels: Some(match_labels),
                 ..LabelSelector::default()

@@ -417,12 +417,19 @@ fn the_pipeline_config_map_round_trips_the_spec() {
     assert_eq!(from_yaml("cm", yaml).unwrap(), j.spec);
 }
 
+/// An integer minAvailable one below the desired count, never maxUnavailable (which the
+/// disruption controller would read against `spec.replicas`, 1 under Backlog autoscaling).
 #[test]
 fn the_disruption_budget_allows_one_worker_down_at_a_time() {
-    let pdb = pod_disruption_budget(&job()).unwrap();
+    let pdb = pod_disruption_budget(&job(), 3).unwrap();
     assert_eq!(pdb.metadata.name.as_deref(), Some("articles-workers"));
     let spec = pdb.spec.unwrap();
-    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(spec.min_available, Some(IntOrString::Int(2)));
+    assert_eq!(spec.max_unavailable, None);
+    let alone = pod_disruption_budget(&job(), 1).unwrap().spec.unwrap();
+    assert_eq!(alone.min_available, Some(IntOrString::Int(0)));
+    let none = pod_disruption_budget(&job(), 0).unwrap().spec.unwrap();
+    assert_eq!(none.min_available, Some(IntOrString::Int(0)));
     let labels = spec.selector.unwrap().match_labels.unwrap();
     assert_eq!(
         labels.get("migrate-operator.io/job").map(String::as_str),

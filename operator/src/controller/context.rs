@@ -32,6 +32,8 @@ pub(super) struct JobMemory {
     pub(super) policy: PolicyState,
     pub(super) counters: Counters,
     pub(super) children_generation: Option<i64>,
+    /// The desired worker count the PodDisruptionBudget was last applied for.
+    pub(super) budget_for: Option<u32>,
     pub(super) known_pods: BTreeSet<String>,
     pub(super) readings: HashMap<String, Scraped>,
     /// Each live pod's first per-stage retained reading: the baseline its growth is measured

@@ -27,6 +27,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use migrate_contract::error_chain;
+use migrate_contract::memory::FigureSource;
 use migrate_crds::{MemorySource, MigrateJob};
 use tracing::debug;
 
@@ -265,6 +266,7 @@ async fn read_pod_metrics(
         let at = now.checked_sub(age).unwrap_or(now);
         let reading = mem.readings.entry(name).or_insert_with(|| Scraped {
             usage_bytes: 0,
+            source: FigureSource::CgroupWorkingSet,
             limit_bytes: None,
             tasks_done: 0,
             in_flight: 0,
@@ -272,6 +274,8 @@ async fn read_pod_metrics(
             at,
         });
         reading.usage_bytes = memory.usage_bytes;
+        // metrics-server's figure is the container cgroup's working set.
+        reading.source = FigureSource::CgroupWorkingSet;
         reading.at = at;
     }
     None

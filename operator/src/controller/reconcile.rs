@@ -95,6 +95,14 @@ async fn steps(
     let plan = plan::plan(job, &settings, &observed, mem, now);
     debug!(desired = plan.desired, steps = ?plan.steps, "Planned.");
     mem.policy = plan.state.clone();
+    // The budget follows the desired count (an integer minAvailable: see
+    // `build::pod_disruption_budget`); an unchanged count writes nothing.
+    if mem.budget_for != Some(plan.desired) {
+        apply::apply_budget(&ctx.client, job, plan.desired)
+            .await
+            .map_err(Error::apply(job))?;
+        mem.budget_for = Some(plan.desired);
+    }
     let created = act::act(job, ctx, mem, &observed, &plan).await?;
     let action = report::report(job, ctx, mem, &observed, &plan, created).await?;
     Ok((action, "ok"))

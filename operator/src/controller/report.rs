@@ -90,6 +90,11 @@ pub(super) async fn report(
         settling: mem.policy.idle_since.is_some() && !mem.policy.complete,
         throttled: plan.throttled.clone(),
         problems,
+        memory_source: status::memory_source(
+            survivors
+                .iter()
+                .filter_map(|w| mem.readings.get(&w.name).map(|r| r.source)),
+        ),
     };
     let new = status::running_status(job, &status_view, &mem.counters, &now_time());
     write_status(job, ctx, &new).await?;

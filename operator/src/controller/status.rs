@@ -21,7 +21,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use migrate_contract::keys::stat;
 use migrate_crds::{
-    LastRestart, LeakReport, MigrateJob, MigrateJobStatus, Mode, Phase, RestartCounts,
+    LastRestart, LeakReport, MemoryFigureSource, MigrateJob, MigrateJobStatus, Mode, Phase,
+    RestartCounts,
 };
 use serde_json::json;
 
@@ -82,6 +83,24 @@ pub struct View {
     pub throttled: Vec<String>,
     /// Everything that makes the job Degraded, most important first.
     pub problems: Vec<Problem>,
+    /// Which memory figure the live workers were read on; `None` when none was read.
+    pub memory_source: Option<MemoryFigureSource>,
+}
+
+/// The status's name for the figures `sources` (one per live worker read): `rss` when any
+/// worker is read on RSS (the weaker figure is the one to see), `None` when there is none.
+#[must_use]
+pub fn memory_source(
+    sources: impl IntoIterator<Item = migrate_contract::memory::FigureSource>,
+) -> Option<MemoryFigureSource> {
+    use migrate_contract::memory::FigureSource;
+    sources
+        .into_iter()
+        .map(|s| match s {
+            FigureSource::CgroupWorkingSet => MemoryFigureSource::CgroupWorkingSet,
+            FigureSource::Rss => MemoryFigureSource::Rss,
+        })
+        .max_by_key(|s| matches!(s, MemoryFigureSource::Rss))
 }
 
 /// The counters the controller keeps across reconciliations.
@@ -432,6 +451,7 @@ pub fn running_status(
         restarts: counters.restarts.clone(),
         last_restart: counters.last_restart.clone(),
         leak: counters.leak.clone(),
+        memory_source: view.memory_source.or(previous_status.memory_source),
     }
 }
 
@@ -695,6 +715,33 @@ mod tests {
         assert_eq!(d.message, "the spec cannot run: x");
         assert_eq!(s.phase, Some(Phase::Degraded));
         assert_eq!(s.observed_generation, Some(3));
+    }
+
+    /// One RSS-read worker makes the job's figure `rss`; no reading keeps the last known.
+    #[test]
+    fn the_memory_source_is_rss_when_any_worker_is_read_on_rss() {
+        use migrate_contract::memory::FigureSource::{CgroupWorkingSet, Rss};
+        assert_eq!(
+            memory_source([CgroupWorkingSet, CgroupWorkingSet]),
+            Some(MemoryFigureSource::CgroupWorkingSet)
+        );
+        assert_eq!(
+            memory_source([CgroupWorkingSet, Rss, CgroupWorkingSet]),
+            Some(MemoryFigureSource::Rss)
+        );
+        assert_eq!(memory_source([]), None);
+        let mut j = job();
+        let view = View {
+            memory_source: Some(MemoryFigureSource::CgroupWorkingSet),
+            ..View::default()
+        };
+        let now = Time(Timestamp::now());
+        j.status = Some(running_status(&j, &view, &Counters::default(), &now));
+        let unread = running_status(&j, &View::default(), &Counters::default(), &now);
+        assert_eq!(
+            unread.memory_source,
+            Some(MemoryFigureSource::CgroupWorkingSet)
+        );
     }
 
     #[test]

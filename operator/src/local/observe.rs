@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use migrate_contract::memory::{read_cgroup_of, read_rss_of};
+use migrate_contract::memory::{FigureSource, memory_figure, read_cgroup_of, read_rss_of};
 use migrate_contract::metrics::{self as names, parse_text, retained_bytes};
 
 /// What one scrape of `/metrics` gave.
@@ -92,41 +92,40 @@ pub fn probe_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
 pub struct MemorySample {
     /// Resident set size from `/proc/<pid>/statm`.
     pub rss: u64,
-    /// What the thresholds are compared with: RSS, or the larger of RSS and the working set of
-    /// the worker's cgroup when the worker has a cgroup of its own.
+    /// What the thresholds are compared with, the figure the worker computes for itself
+    /// ([`memory_figure`]): the working set of the worker's cgroup when it is alone in it (e.g.
+    /// put in a scope of its own by `systemd-run --scope`), else RSS.
     pub usage: u64,
+    /// Which figure `usage` is.
+    pub source: FigureSource,
     /// The `memory.max` of the worker's own cgroup, when it has one with a limit.
     pub cgroup_limit: Option<u64>,
 }
 
-/// Reads worker memory. A worker in the supervisor's own cgroup shares it with the
-/// supervisor and the other workers, so only its RSS is its own; a cgroup counts only when the
-/// worker was put in one of its own (e.g. by `systemd-run --scope`).
+/// Reads worker memory by pid, by the rule the worker applies to itself: a worker in the
+/// supervisor's own cgroup shares it with the supervisor and the other workers, so only its
+/// RSS is its own; a cgroup counts only when the worker is alone in it.
 #[derive(Debug, Clone, Default)]
-pub struct MemoryProbe {
-    own_cgroup: Option<String>,
-}
+pub struct MemoryProbe;
 
 impl MemoryProbe {
-    /// A probe that knows the supervisor's own cgroup.
+    /// A probe.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            own_cgroup: std::fs::read_to_string("/proc/self/cgroup").ok(),
-        }
+        Self
     }
 
     /// Reads the memory of process `pid`; `None` when it is gone.
     #[must_use]
     pub fn read(&self, pid: u32) -> Option<MemorySample> {
         let rss = read_rss_of(pid)?;
-        let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok();
-        let separate = membership.is_some() && membership != self.own_cgroup;
-        let cgroup = if separate { read_cgroup_of(pid) } else { None };
+        let cgroup = read_cgroup_of(pid);
+        let figure = memory_figure(rss, cgroup.as_ref());
         Some(MemorySample {
             rss,
-            usage: cgroup.map_or(rss, |c| rss.max(c.working_set())),
-            cgroup_limit: cgroup.and_then(|c| c.max),
+            usage: figure.bytes,
+            source: figure.source,
+            cgroup_limit: cgroup.filter(|c| c.own).and_then(|c| c.max),
         })
     }
 }
@@ -170,9 +169,11 @@ migrate_stage_seconds_count{stage="enrich"} 2048
         let probe = MemoryProbe::new();
         let me = probe.read(std::process::id()).unwrap();
         assert!(me.rss > 0);
+        // The test runs in a cgroup shared with other processes, or in none.
         assert_eq!(
-            me.usage, me.rss,
-            "the supervisor's own cgroup is not counted"
+            (me.usage, me.source),
+            (me.rss, FigureSource::Rss),
+            "a shared cgroup is not counted"
         );
         assert_eq!(probe.read(u32::MAX), None);
     }

@@ -2,8 +2,13 @@
 //!
 //! - [`read_rss`] / [`read_rss_of`]: resident memory from `/proc/<pid>/statm`.
 //! - [`read_cgroup`] / [`read_cgroup_of`]: `memory.current` and `memory.max` of the process's
-//!   cgroup (v2; the v1 memory controller where only that is mounted). These readers belong to
-//!   `migrate-contract` (the local supervisor reads its workers with them) and are re-exported.
+//!   cgroup (v2; the v1 memory controller where only that is mounted).
+//! - [`memory_figure`] / [`read_figure`]: the one figure compared with the thresholds, here
+//!   and by the supervisors: the working set of the worker's own cgroup, or RSS where it has
+//!   none of its own ([`FigureSource`] says which).
+//!
+//!   These readers belong to `migrate-contract` (the local supervisor reads its workers with
+//!   them, the operator reads the figure the worker exports) and are re-exported.
 //! - [`CountingAlloc`]: a global allocator that counts, per pipeline stage, the bytes allocated
 //!   while the stage ran and not yet freed ([`retained_bytes`], [`retained_all`]). A stage is
 //!   entered with [`enter_stage`] (synchronous code) or [`in_stage`] (a future). The binary
@@ -34,10 +39,11 @@ mod watch;
 
 pub use alloc::{CountingAlloc, retained_all, retained_bytes, retained_unstaged};
 pub use migrate_contract::memory::{
-    CgroupMemory, read_cgroup, read_cgroup_of, read_rss, read_rss_of,
+    CgroupMemory, FigureSource, MemoryFigure, memory_figure, read_cgroup, read_cgroup_of,
+    read_figure, read_figure_of, read_rss, read_rss_of,
 };
 pub use scope::{StageGuard, Staged, current_stage, enter_stage, in_stage};
 pub use watch::{
     LIMIT_ENV, Level, LimitSource, MemoryError, MemoryLimits, MemoryState, MemoryWatch, assess,
-    level, usage,
+    level,
 };

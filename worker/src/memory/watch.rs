@@ -3,23 +3,24 @@
 //!
 //! # What is compared with the thresholds
 //!
-//! The usage compared is **RSS, or max(RSS, cgroup working set) when the limit is the
-//! cgroup's own `memory.max`**, where the working set is `memory.current` minus the inactive
-//! page cache (what the kubelet uses for eviction).
+//! The one figure of [`memory_figure`](migrate_contract::memory::memory_figure), which the
+//! operator and the local supervisor read too: **the working set of the worker's own memory
+//! cgroup** (`memory.current` minus the inactive page cache, what the kubelet evicts on) when
+//! the worker is alone in its cgroup, as in a pod; **RSS** when it shares its cgroup (a local
+//! worker in its supervisor's cgroup) or has none. Where the limit comes from
+//! (`MIGRATE_MEMORY_LIMIT_BYTES`, the cgroup's `memory.max`, the spec) does not change the
+//! figure.
 //!
 //! - Raw `memory.current` is not used: it includes page cache the kernel drops under pressure
 //!   before any OOM kill, so a worker whose cgroup sits near its limit with reclaimable cache
 //!   is not in danger, and draining it would be a false alarm.
-//! - RSS alone would miss memory charged to the cgroup that is in no process's RSS (socket
-//!   buffers, kernel allocations, tmpfs), which still counts towards the cgroup limit the OOM
-//!   killer enforces; taking the larger of the two covers both.
-//! - When the limit comes from `MIGRATE_MEMORY_LIMIT_BYTES` (local mode: several workers share
-//!   the supervisor's cgroup) or from the spec (no cgroup limit found), the cgroup is not this
-//!   worker's alone, so only RSS is this worker's own.
+//! - RSS alone would miss memory charged to the cgroup that is in no process's RSS (active
+//!   page cache, socket buffers, kernel allocations, tmpfs), which still counts towards the
+//!   cgroup limit the OOM killer enforces.
 
 use std::time::Duration;
 
-use migrate_contract::memory::{CgroupMemory, read_cgroup, read_rss};
+use migrate_contract::memory::{CgroupMemory, FigureSource, memory_figure, read_cgroup, read_rss};
 use migrate_crds::MigrateJobSpec;
 use migrate_crds::memory::parse_quantity_bytes;
 use migrate_crds::validate::{ValidationError, container_memory_limit, resolve_memory_with_limit};
@@ -156,6 +157,8 @@ pub struct MemoryState {
     pub cgroup_working_set: Option<u64>,
     /// The number compared with the thresholds (see the module documentation).
     pub usage: u64,
+    /// Which figure `usage` is.
+    pub source: FigureSource,
     /// The memory limit the thresholds refer to.
     pub limit: Option<u64>,
     /// The soft threshold.
@@ -166,25 +169,17 @@ pub struct MemoryState {
     pub level: Level,
 }
 
-/// The usage compared with the thresholds: RSS, or max(RSS, cgroup working set) when the
-/// limit is the cgroup's own (see the module documentation for why).
-#[must_use]
-pub fn usage(rss: u64, cgroup: Option<&CgroupMemory>, source: LimitSource) -> u64 {
-    match (source, cgroup) {
-        (LimitSource::Cgroup, Some(c)) => rss.max(c.working_set()),
-        _ => rss,
-    }
-}
-
 /// Builds the state of one reading.
 #[must_use]
 pub fn assess(rss: u64, cgroup: Option<&CgroupMemory>, limits: &MemoryLimits) -> MemoryState {
-    let usage = usage(rss, cgroup, limits.source);
+    let figure = memory_figure(rss, cgroup);
+    let usage = figure.bytes;
     MemoryState {
         rss,
         cgroup_current: cgroup.map(|c| c.current),
         cgroup_working_set: cgroup.map(CgroupMemory::working_set),
         usage,
+        source: figure.source,
         limit: limits.limit,
         soft: limits.soft,
         hard: limits.hard,
@@ -261,17 +256,35 @@ impl MemoryWatch {
         );
         let previous = self.tx.send_replace(state);
         if previous.level != state.level {
-            let (rss, usage) = (state.rss, state.usage);
+            let (rss, usage, source) = (state.rss, state.usage, state.source.as_str());
             let (soft, hard) = (state.soft, state.hard);
             match state.level {
                 Level::Ok => {
-                    tracing::info!(rss, usage, ?soft, "Memory back below the soft threshold.")
+                    tracing::info!(
+                        rss,
+                        usage,
+                        source,
+                        ?soft,
+                        "Memory back below the soft threshold."
+                    )
                 }
                 Level::Soft => {
-                    tracing::warn!(rss, usage, ?soft, "Memory above the soft threshold.")
+                    tracing::warn!(
+                        rss,
+                        usage,
+                        source,
+                        ?soft,
+                        "Memory above the soft threshold."
+                    )
                 }
                 Level::Hard => {
-                    tracing::error!(rss, usage, ?hard, "Memory above the hard threshold.")
+                    tracing::error!(
+                        rss,
+                        usage,
+                        source,
+                        ?hard,
+                        "Memory above the hard threshold."
+                    )
                 }
             }
         }
@@ -368,18 +381,44 @@ mod tests {
         );
     }
 
+    /// In a pod the operator sets `MIGRATE_MEMORY_LIMIT_BYTES`: the limit's source must not
+    /// turn the worker's figure into RSS while the operator reads the working set.
     #[test]
-    fn the_cgroup_working_set_counts_only_when_the_limit_is_the_cgroups() {
-        let cgroup = CgroupMemory {
+    fn the_own_cgroups_working_set_is_compared_wherever_the_limit_comes_from() {
+        let own = CgroupMemory {
             current: 900,
             max: Some(1000),
             inactive_file: 300,
+            own: true,
         };
-        assert_eq!(usage(500, Some(&cgroup), LimitSource::Cgroup), 600);
-        assert_eq!(usage(700, Some(&cgroup), LimitSource::Cgroup), 700);
-        assert_eq!(usage(500, Some(&cgroup), LimitSource::Override), 500);
-        assert_eq!(usage(500, Some(&cgroup), LimitSource::Spec), 500);
-        assert_eq!(usage(500, None, LimitSource::Cgroup), 500);
+        for source in [
+            LimitSource::Override,
+            LimitSource::Cgroup,
+            LimitSource::Spec,
+            LimitSource::Unknown,
+        ] {
+            let limits = MemoryLimits {
+                limit: Some(1000),
+                source,
+                soft: Some(550),
+                hard: Some(900),
+            };
+            let state = assess(500, Some(&own), &limits);
+            assert_eq!(
+                (state.usage, state.source, state.level),
+                (600, FigureSource::CgroupWorkingSet, Level::Soft),
+                "limit from {source:?}"
+            );
+        }
+        let shared = CgroupMemory { own: false, ..own };
+        let limits = MemoryLimits {
+            limit: Some(1000),
+            source: LimitSource::Override,
+            soft: Some(550),
+            hard: Some(900),
+        };
+        let state = assess(500, Some(&shared), &limits);
+        assert_eq!((state.usage, state.source), (500, FigureSource::Rss));
     }
 
     #[test]
@@ -394,6 +433,7 @@ mod tests {
             current: 990,
             max: Some(1000),
             inactive_file: 100,
+            own: true,
         };
         let state = assess(100, Some(&cgroup), &limits);
         assert_eq!(
@@ -403,6 +443,7 @@ mod tests {
                 cgroup_current: Some(990),
                 cgroup_working_set: Some(890),
                 usage: 890,
+                source: FigureSource::CgroupWorkingSet,
                 limit: Some(1000),
                 soft: Some(800),
                 hard: Some(920),

@@ -9,6 +9,7 @@ use std::time::Instant;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::Api;
+use migrate_contract::memory::FigureSource;
 use migrate_contract::metrics::{self as names, parse_text, retained_bytes};
 
 use super::ObserveError;
@@ -86,8 +87,11 @@ pub fn parse_pod_memory(data: &serde_json::Value, container: &str) -> Option<Pod
 /// One reading of a worker's `/metrics`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scraped {
-    /// The larger of RSS and cgroup usage, in bytes.
+    /// The memory figure the worker compares with its thresholds, in bytes
+    /// (`migrate_memory_usage_bytes`; the working set when the source is `PodMetrics`).
     pub usage_bytes: u64,
+    /// Which figure `usage_bytes` is.
+    pub source: FigureSource,
     /// The memory limit the worker reports, when it knows one.
     pub limit_bytes: Option<u64>,
     /// Tasks it finished.
@@ -127,19 +131,25 @@ fn gauge(values: &HashMap<String, f64>, key: &str) -> Option<u64> {
 #[must_use]
 pub fn parse_scrape(text: &str, at: Instant) -> Scraped {
     let values = parse_text(text);
-    let rss = gauge(&values, names::RESIDENT_MEMORY_BYTES).unwrap_or(0);
     let limit = gauge(&values, names::CGROUP_LIMIT_BYTES).filter(|l| *l > 0);
-    // The cgroup's working set, as the worker compares it (and as the kubelet and the OOM
-    // killer see it: reclaimable page cache is left out); `memory.current` from a worker that
-    // does not export the working set. A container's own cgroup is never charged more than
-    // its limit (the kernel reclaims or OOM-kills first): a larger `memory.current` is a
-    // cgroup shared with other processes (a worker outside a pod cgroup of its own), not this
-    // worker's memory, and neither figure of it is used.
-    let current = gauge(&values, names::CGROUP_MEMORY_BYTES);
-    let shared = current.is_some_and(|c| limit.is_some_and(|l| c > l));
-    let cgroup = gauge(&values, names::CGROUP_WORKING_SET_BYTES)
-        .or(current)
-        .filter(|c| !shared && limit.is_none_or(|l| *c <= l))
+    // The figure the worker itself compares (one function computes it on both sides: see
+    // `migrate_contract::memory::memory_figure`). A worker that does not export it (an older
+    // version) is read on its RSS.
+    let source = FigureSource::ALL
+        .into_iter()
+        .find(|s| {
+            gauge(
+                &values,
+                &format!(
+                    "{}{{source=\"{}\"}}",
+                    names::MEMORY_USAGE_SOURCE,
+                    s.as_str()
+                ),
+            ) == Some(1)
+        })
+        .unwrap_or(FigureSource::Rss);
+    let usage_bytes = gauge(&values, names::MEMORY_USAGE_BYTES)
+        .or_else(|| gauge(&values, names::RESIDENT_MEMORY_BYTES))
         .unwrap_or(0);
     let tasks_done = gauge(&values, names::TASKS_DONE).unwrap_or_else(|| {
         values
@@ -159,7 +169,8 @@ pub fn parse_scrape(text: &str, at: Instant) -> Scraped {
             .sum()
     });
     Scraped {
-        usage_bytes: rss.max(cgroup),
+        usage_bytes,
+        source,
         limit_bytes: limit,
         tasks_done,
         in_flight: gauge(&values, names::IN_FLIGHT).unwrap_or(0),
@@ -225,51 +236,50 @@ mod tests {
     }
 
     #[test]
-    fn a_scrape_reads_the_larger_memory_figure_tasks_and_retained_bytes() {
+    fn a_scrape_reads_the_workers_memory_figure_tasks_and_retained_bytes() {
         let text = "# TYPE x gauge\n\
             migrate_process_resident_memory_bytes 100\n\
-            migrate_cgroup_memory_bytes 250\n\
+            migrate_cgroup_memory_bytes 900\n\
+            migrate_cgroup_memory_working_set_bytes 250\n\
+            migrate_memory_usage_bytes 250\n\
+            migrate_memory_usage_source{source=\"cgroupWorkingSet\"} 1\n\
+            migrate_memory_usage_source{source=\"rss\"} 0\n\
             migrate_cgroup_memory_limit_bytes 1000\n\
             migrate_tasks_done 42\n\
             migrate_in_flight 3\n\
             migrate_stage_retained_bytes{stage=\"enrich\"} 77\n";
         let s = parse_scrape(text, Instant::now());
         assert_eq!(s.usage_bytes, 250);
+        assert_eq!(s.source, FigureSource::CgroupWorkingSet);
         assert_eq!(s.limit_bytes, Some(1000));
         assert_eq!(s.tasks_done, 42);
         assert_eq!(s.in_flight, 3);
         assert_eq!(s.retained.get("enrich"), Some(&77));
     }
 
-    /// The working set, when the worker exports it, is the cgroup figure compared: page cache
-    /// the kernel would reclaim does not make a worker restart.
+    /// The operator compares the figure the worker compares, never a larger one of its own
+    /// making: a worker on RSS (sharing its cgroup) is read on RSS, even with a cgroup working
+    /// set above it.
     #[test]
-    fn the_cgroup_working_set_is_compared_rather_than_memory_current() {
-        let text = "migrate_process_resident_memory_bytes 100\n\
+    fn the_operator_takes_the_workers_figure_and_source_as_they_are() {
+        let text = "migrate_process_resident_memory_bytes 400\n\
             migrate_cgroup_memory_bytes 900\n\
-            migrate_cgroup_memory_working_set_bytes 300\n\
+            migrate_cgroup_memory_working_set_bytes 800\n\
+            migrate_memory_usage_bytes 400\n\
+            migrate_memory_usage_source{source=\"cgroupWorkingSet\"} 0\n\
+            migrate_memory_usage_source{source=\"rss\"} 1\n\
             migrate_cgroup_memory_limit_bytes 1000\n";
-        assert_eq!(parse_scrape(text, Instant::now()).usage_bytes, 300);
-        let rss_larger = "migrate_process_resident_memory_bytes 400\n\
-            migrate_cgroup_memory_bytes 900\n\
-            migrate_cgroup_memory_working_set_bytes 300\n";
-        assert_eq!(parse_scrape(rss_larger, Instant::now()).usage_bytes, 400);
+        let s = parse_scrape(text, Instant::now());
+        assert_eq!((s.usage_bytes, s.source), (400, FigureSource::Rss));
     }
 
     #[test]
-    fn a_cgroup_charge_above_the_workers_limit_is_a_shared_cgroup_and_ignored() {
+    fn a_worker_without_the_figure_is_read_on_its_rss() {
         let text = "migrate_process_resident_memory_bytes 100\n\
-            migrate_cgroup_memory_bytes 4000000000\n\
-            migrate_cgroup_memory_limit_bytes 1000\n";
-        assert_eq!(parse_scrape(text, Instant::now()).usage_bytes, 100);
-        // Its working set may be below the limit (mostly page cache): still not this worker's.
-        let with_working_set = "migrate_process_resident_memory_bytes 100\n\
             migrate_cgroup_memory_bytes 4000000000\n\
             migrate_cgroup_memory_working_set_bytes 500\n\
             migrate_cgroup_memory_limit_bytes 1000\n";
-        assert_eq!(
-            parse_scrape(with_working_set, Instant::now()).usage_bytes,
-            100
-        );
+        let s = parse_scrape(text, Instant::now());
+        assert_eq!((s.usage_bytes, s.source), (100, FigureSource::Rss));
     }
 }
