@@ -11,7 +11,8 @@
 //! | `MIGRATE_SEARCH_USERNAME`, `MIGRATE_SEARCH_PASSWORD` | basic auth for the index | none |
 //! | `MIGRATE_WORKER_ID` | this worker's id in Redis keys | host name + pid |
 //! | `MIGRATE_KEYWORDS_DIR` | folder of keyword files | `/etc/migrate/keywords` |
-//! | `MIGRATE_LISTEN` | address of `/metrics`, `/healthz`, `/readyz` | `0.0.0.0:9000` |
+//! | `MIGRATE_LISTEN` | address of `/metrics`, `/healthz`, `/readyz` | `127.0.0.1:9000` |
+//! | `MIGRATE_LOG_FORMAT` | `text` or `json` | `text` |
 //! | `MIGRATE_MEMORY_LIMIT_BYTES` | memory limit when there is no cgroup limit | cgroup |
 //!
 //! Every error here is a configuration error (exit code 78: restarting will not help).
@@ -94,11 +95,12 @@ pub struct EnvArgs {
         value_name = "DIR"
     )]
     pub keywords_dir: PathBuf,
-    /// Address of the /metrics, /healthz and /readyz endpoints.
+    /// Address of the /metrics, /healthz and /readyz endpoints (loopback unless told
+    /// otherwise; the operator sets 0.0.0.0:PORT in a pod).
     #[arg(
         long,
         env = env::LISTEN,
-        default_value = "0.0.0.0:9000",
+        default_value = "127.0.0.1:9000",
         value_name = "ADDR"
     )]
     pub listen: Option<SocketAddr>,
@@ -303,7 +305,7 @@ impl WorkerConfig {
         }
         let listen = env
             .listen
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9000)));
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9000)));
         let memory_limit_bytes = match env.memory_limit_bytes.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(text) => Some(
@@ -404,7 +406,7 @@ mod tests {
             "{}",
             config.worker_id
         );
-        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.search_password, None);
     }
 
@@ -474,5 +476,9 @@ mod tests {
             cli.run.env.keywords_dir,
             PathBuf::from("/etc/migrate/keywords")
         );
+        // On a laptop the endpoints are not open to the network unless asked for.
+        if std::env::var_os(env::LISTEN).is_none() {
+            assert_eq!(cli.run.env.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        }
     }
 }

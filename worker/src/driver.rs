@@ -67,7 +67,7 @@ use crate::queue::{Queue, Settled, Taken, too_many_deliveries};
 use crate::sink::{BulkBuilder, BulkRequest, ItemResult, Pushed, Sink};
 use crate::source::Source;
 use crate::stage::Stage;
-use crate::task::{DeadLetter, Document, Outcome, TaskId};
+use crate::task::{DeadLetter, Document, Outcome, TaskId, shown_id};
 
 /// Most ids taken in one round trip (when that many permits are free).
 const TAKE_BATCH: usize = 64;
@@ -951,7 +951,7 @@ fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settl
         (Some(Settled::DeadLettered), _) => Some(stat::DEAD),
         (Some(Settled::NotHeld), _) => {
             debug!(
-                task = raw,
+                task = %shown_id(raw),
                 "Task no longer held by this worker (requeued elsewhere); nothing counted."
             );
             None
@@ -964,7 +964,7 @@ fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settl
     if let (Some(Settled::DeadLettered), Outcome::Dead(dead) | Outcome::Retry(dead)) =
         (settled, outcome)
     {
-        warn!(task = raw, stage = dead.stage.as_str(), reason = %dead.reason, "Task dead-lettered.");
+        warn!(task = %shown_id(raw), stage = dead.stage.as_str(), reason = %dead.reason, "Task dead-lettered.");
     }
     let done = shared.tasks_finished.fetch_add(1, Ordering::AcqRel) + 1;
     if let Some(target) = shared.recycle_at

@@ -23,6 +23,7 @@ pub mod enrich;
 pub mod exit;
 pub mod http;
 pub mod keywords;
+pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod queue;

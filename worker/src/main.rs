@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use migrate_worker::config::{RunArgs, WorkerConfig, load_pipeline};
 use migrate_worker::driver;
 use migrate_worker::exit::{ExitReason, write_termination_log};
+use migrate_worker::logging::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static ALLOC: migrate_worker::memory::CountingAlloc = migrate_worker::memory::CountingAlloc;
@@ -26,6 +26,15 @@ MIGRATE_SEARCH_URL); see `migrate-worker run --help`. Usually started by migrate
 pod or by `migrate-operator local`."
 )]
 struct Cli {
+    /// Log format: text (coloured only on a terminal) or json (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = migrate_contract::env::LOG_FORMAT,
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,18 +55,6 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         pipeline: PathBuf,
     },
-}
-
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("MIGRATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 fn check(pipeline: &std::path::Path) -> i32 {
@@ -114,7 +111,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    logging::init(cli.log_format);
     let code = match cli.command {
         Command::Check { pipeline } => Ok(check(&pipeline)),
         Command::Run(args) => run(args),
