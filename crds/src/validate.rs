@@ -72,6 +72,19 @@ pub fn memory_limit(spec: &MigrateJobSpec) -> Result<Option<u64>, QuantityError>
 /// # Errors
 /// [`ValidationError`] listing every problem, each naming its field and value.
 pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
+    validate_with_memory_limit(spec, None)
+}
+
+/// Like [`validate`], with the memory limit the thresholds refer to given from outside the
+/// spec (a worker's `MIGRATE_MEMORY_LIMIT_BYTES` or cgroup); `None` takes the spec's own
+/// `workers.resources.limits.memory`.
+///
+/// # Errors
+/// As [`validate`].
+pub fn validate_with_memory_limit(
+    spec: &MigrateJobSpec,
+    limit_outside_spec: Option<u64>,
+) -> Result<(), ValidationError> {
     let mut problems = Vec::new();
     let mut bad = |field: String, message: String| problems.push(Invalid { field, message });
 
@@ -344,7 +357,11 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
     }
 
     // Memory thresholds, resolved against the container limit where one is needed.
-    if let Err(e) = resolve_memory(spec) {
+    let resolved = match limit_outside_spec {
+        Some(limit) => resolve_memory_with_limit(spec, Some(limit)),
+        None => resolve_memory(spec),
+    };
+    if let Err(e) = resolved {
         problems.extend(e.0);
     }
 

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod queue;
+pub mod settings;
 pub mod sink;
 pub mod source;
 pub mod stage;
