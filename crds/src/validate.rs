@@ -249,6 +249,19 @@ pub fn validate_with_memory_limit(
 
     // Sink: a linger at or above the flush interval would never be the reason a batch is sent.
     let sink = &spec.sink;
+    if let Some(body) = &sink.create_index {
+        match serde_json::from_str::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => bad(
+                "sink.createIndex".into(),
+                "must be a JSON object such as {\"mappings\": {\"properties\": {...}}}".into(),
+            ),
+            Err(e) => bad(
+                "sink.createIndex".into(),
+                format!("is not JSON ({e}); give the index creation body as JSON text"),
+            ),
+        }
+    }
     if sink.batch_linger_ms == 0 {
         bad("sink.batchLingerMs".into(), "0 must be at least 1".into());
     } else if sink.batch_linger_ms >= sink.flush_interval_ms {
@@ -653,6 +666,22 @@ mod tests {
             problems(&spec),
             ["sink.batchLingerMs: 0 must be at least 1"]
         );
+    }
+
+    /// An index creation body that is not a JSON object is refused, naming the field.
+    #[test]
+    fn a_create_index_body_must_be_a_json_object() {
+        let mut spec = example_spec();
+        spec.sink.create_index = Some(r#"{"mappings": {"properties": {}}}"#.into());
+        assert!(problems(&spec).is_empty(), "{:?}", problems(&spec));
+        for bad in ["mappings: {}", "[1]"] {
+            spec.sink.create_index = Some(bad.into());
+            let found = problems(&spec);
+            assert!(
+                found.len() == 1 && found[0].starts_with("sink.createIndex: "),
+                "{bad}: {found:?}"
+            );
+        }
     }
 
     #[test]

@@ -426,6 +426,18 @@ impl Worker {
             };
             (reason, format!("sink: {}", error_chain(&e)))
         })?;
+        // sink.createIndex: the index exists before the first document is sent.
+        match sink.prepare_index().await {
+            Ok(prepared) => debug!(index = sink.index(), ?prepared, "Index prepared."),
+            Err(e) => {
+                let reason = if e.is_config() {
+                    ExitReason::Config
+                } else {
+                    ExitReason::Fatal
+                };
+                return Err((reason, format!("sink: {}", error_chain(&e))));
+            }
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| {
