@@ -62,6 +62,12 @@ async fn the_readme_job_runs_against_the_testbed() {
     let _ = conn.disconnect().await;
 
     let job = readme_job();
+    let starter =
+        std::fs::read_to_string(repo_root().join("operator/src/local/starter-job.yaml")).unwrap();
+    assert_eq!(
+        job, starter,
+        "`migrate-operator local init` writes the README's job (operator/src/local/starter-job.yaml)"
+    );
     assert!(
         job.contains("key: products:ids") && job.contains("index: products\n"),
         "{job}"
@@ -90,29 +96,35 @@ async fn the_readme_job_runs_against_the_testbed() {
         .local_addr()
         .unwrap()
         .port();
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        Command::new(env!("CARGO_BIN_EXE_migrate-worker"))
-            .arg("run")
-            .arg("--pipeline")
-            .arg(&path)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("MIGRATE_REDIS_URL", &env.redis_url)
-            .env("MIGRATE_MYSQL_URL", &db_url)
-            .env("MIGRATE_SEARCH_URL", &env.es_url)
-            .env("MIGRATE_MEMORY_LIMIT_BYTES", "1Gi")
-            .env("MIGRATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("MIGRATE_WORKER_ID", "readme-1")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the worker drains the queue within 2 minutes")
-    .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "log:\n{log}");
+    let log_path = dir.path().join("worker.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_migrate-worker"))
+        .arg("run")
+        .arg("--pipeline")
+        .arg(&path)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("MIGRATE_REDIS_URL", &env.redis_url)
+        .env("MIGRATE_MYSQL_URL", &db_url)
+        .env("MIGRATE_SEARCH_URL", &env.es_url)
+        .env("MIGRATE_MEMORY_LIMIT_BYTES", "1Gi")
+        .env("MIGRATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MIGRATE_WORKER_ID", "readme-1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let status = match tokio::time::timeout(Duration::from_secs(120), child.wait()).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => panic!(
+            "the worker did not drain the queue within 2 minutes; log:\n{}",
+            read_log()
+        ),
+    };
+    let log = read_log();
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
 
     let indexed = search::ids(&env.es_url, &index).await;
     assert_eq!(indexed.len() as u64, PRODUCTS, "log:\n{log}");
