@@ -86,7 +86,21 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 /// exit code is [`ExitReason::code`]). The reason is also written to `/dev/termination-log`.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> ExitReason {
     let (reason, detail) = match Worker::start(config, &shutdown).await {
-        Ok(Some(worker)) => worker.run(shutdown).await,
+        Ok(Some(worker)) => {
+            let metrics = Arc::clone(&worker.shared.metrics);
+            let (reason, detail) = worker.run(shutdown).await;
+            // A drained run that dead-lettered anything says so at the end, with the count.
+            match metrics.tasks_with(stat::DEAD) {
+                dead if dead > 0 && reason == ExitReason::Drained => {
+                    warn!(
+                        dead,
+                        "Drained with dead letters: {dead} tasks went to the dead-letter list."
+                    );
+                    (reason, format!("{detail}; {dead} tasks dead-lettered"))
+                }
+                _ => (reason, detail),
+            }
+        }
         Ok(None) => (
             ExitReason::Drained,
             "stopped before Redis was reachable".to_owned(),

@@ -89,6 +89,11 @@ async fn poison_tasks_are_dead_lettered_at_their_stage_while_the_rest_completes(
         worker.log_tail(10)
     );
     assert!(
+        log.contains("Drained with dead letters: 5 tasks"),
+        "a drained run ends saying what it dead-lettered: {}",
+        worker.log_tail(5)
+    );
+    assert!(
         !log.contains('\u{1b}'),
         "a log written to a file has no colour codes"
     );
