@@ -26,8 +26,12 @@ pub const MEMORY_LIMIT_BYTES: &str = "MIGRATE_MEMORY_LIMIT_BYTES";
 /// `terminationMessagePath`).
 pub const TERMINATION_LOG: &str = "MIGRATE_TERMINATION_LOG";
 
+/// Log format of the worker: `text` (the default; coloured only on a terminal) or `json`, one
+/// object per line (the operator sets it for pods).
+pub const LOG_FORMAT: &str = "MIGRATE_LOG_FORMAT";
+
 /// Every variable above, for tests that compare them with the documentation.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     REDIS_URL,
     MYSQL_URL,
     SEARCH_URL,
@@ -38,6 +42,7 @@ pub const ALL: [&str; 10] = [
     LISTEN,
     MEMORY_LIMIT_BYTES,
     TERMINATION_LOG,
+    LOG_FORMAT,
 ];
 
 #[cfg(test)]

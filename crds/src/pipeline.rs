@@ -172,6 +172,7 @@ pub fn example_spec() -> MigrateJobSpec {
             flush_interval_ms: 5_000,
             batch_linger_ms: 100,
             retries: 5,
+            create_index: None,
         },
         workers: WorkersSpec {
             image: "ghcr.io/migrate-operator/worker:0.1.0".to_owned(),

@@ -561,6 +561,14 @@ pub struct SinkSpec {
     #[serde(default = "default_sink_retries")]
     #[schemars(range(min = 0, max = 20))]
     pub retries: u32,
+    /// The body of the index creation request, as JSON text (`{"settings": {...},
+    /// "mappings": {...}}`): each worker creates `index` with it when it starts and the index
+    /// does not exist (of workers starting together, one creates it and the others find it
+    /// there). When unset, the index must exist or the server creates it with dynamic mappings
+    /// on the first document. An existing index is never changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1_048_576))]
+    pub create_index: Option<String>,
 }
 
 fn default_batch_docs() -> u32 {

@@ -72,6 +72,19 @@ pub fn memory_limit(spec: &MigrateJobSpec) -> Result<Option<u64>, QuantityError>
 /// # Errors
 /// [`ValidationError`] listing every problem, each naming its field and value.
 pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
+    validate_with_memory_limit(spec, None)
+}
+
+/// Like [`validate`], with the memory limit the thresholds refer to given from outside the
+/// spec (a worker's `MIGRATE_MEMORY_LIMIT_BYTES` or cgroup); `None` takes the spec's own
+/// `workers.resources.limits.memory`.
+///
+/// # Errors
+/// As [`validate`].
+pub fn validate_with_memory_limit(
+    spec: &MigrateJobSpec,
+    limit_outside_spec: Option<u64>,
+) -> Result<(), ValidationError> {
     let mut problems = Vec::new();
     let mut bad = |field: String, message: String| problems.push(Invalid { field, message });
 
@@ -236,6 +249,19 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
 
     // Sink: a linger at or above the flush interval would never be the reason a batch is sent.
     let sink = &spec.sink;
+    if let Some(body) = &sink.create_index {
+        match serde_json::from_str::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => bad(
+                "sink.createIndex".into(),
+                "must be a JSON object such as {\"mappings\": {\"properties\": {...}}}".into(),
+            ),
+            Err(e) => bad(
+                "sink.createIndex".into(),
+                format!("is not JSON ({e}); give the index creation body as JSON text"),
+            ),
+        }
+    }
     if sink.batch_linger_ms == 0 {
         bad("sink.batchLingerMs".into(), "0 must be at least 1".into());
     } else if sink.batch_linger_ms >= sink.flush_interval_ms {
@@ -344,7 +370,11 @@ pub fn validate(spec: &MigrateJobSpec) -> Result<(), ValidationError> {
     }
 
     // Memory thresholds, resolved against the container limit where one is needed.
-    if let Err(e) = resolve_memory(spec) {
+    let resolved = match limit_outside_spec {
+        Some(limit) => resolve_memory_with_limit(spec, Some(limit)),
+        None => resolve_memory(spec),
+    };
+    if let Err(e) = resolved {
         problems.extend(e.0);
     }
 
@@ -636,6 +666,22 @@ mod tests {
             problems(&spec),
             ["sink.batchLingerMs: 0 must be at least 1"]
         );
+    }
+
+    /// An index creation body that is not a JSON object is refused, naming the field.
+    #[test]
+    fn a_create_index_body_must_be_a_json_object() {
+        let mut spec = example_spec();
+        spec.sink.create_index = Some(r#"{"mappings": {"properties": {}}}"#.into());
+        assert!(problems(&spec).is_empty(), "{:?}", problems(&spec));
+        for bad in ["mappings: {}", "[1]"] {
+            spec.sink.create_index = Some(bad.into());
+            let found = problems(&spec);
+            assert!(
+                found.len() == 1 && found[0].starts_with("sink.createIndex: "),
+                "{bad}: {found:?}"
+            );
+        }
     }
 
     #[test]

@@ -60,10 +60,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => migrate_operator::controller::run(args)
             .await
             .context("controller failed"),
-        Command::Local(args) => migrate_operator::local::run(args)
-            .await
-            .map(|_summary| ())
-            .context("local supervisor failed"),
+        Command::Local(args) => match &args.command {
+            Some(migrate_operator::local::LocalCommand::Init { file, force }) => {
+                migrate_operator::local::init(file, *force).context("local init failed")?;
+                println!(
+                    "wrote {}; edit it, then run: migrate-operator local --job {}",
+                    file.display(),
+                    file.display()
+                );
+                Ok(())
+            }
+            None => migrate_operator::local::run(args)
+                .await
+                .map(|_summary| ())
+                .context("local supervisor failed"),
+        },
         Command::Crd => {
             print!(
                 "{}",

@@ -11,7 +11,8 @@
 //! | `MIGRATE_SEARCH_USERNAME`, `MIGRATE_SEARCH_PASSWORD` | basic auth for the index | none |
 //! | `MIGRATE_WORKER_ID` | this worker's id in Redis keys | host name + pid |
 //! | `MIGRATE_KEYWORDS_DIR` | folder of keyword files | `/etc/migrate/keywords` |
-//! | `MIGRATE_LISTEN` | address of `/metrics`, `/healthz`, `/readyz` | `0.0.0.0:9000` |
+//! | `MIGRATE_LISTEN` | address of `/metrics`, `/healthz`, `/readyz` | `127.0.0.1:9000` |
+//! | `MIGRATE_LOG_FORMAT` | `text` or `json` | `text` |
 //! | `MIGRATE_MEMORY_LIMIT_BYTES` | memory limit when there is no cgroup limit | cgroup |
 //!
 //! Every error here is a configuration error (exit code 78: restarting will not help).
@@ -94,17 +95,40 @@ pub struct EnvArgs {
         value_name = "DIR"
     )]
     pub keywords_dir: PathBuf,
-    /// Address of the /metrics, /healthz and /readyz endpoints.
+    /// Address of the /metrics, /healthz and /readyz endpoints (loopback unless told
+    /// otherwise; the operator sets 0.0.0.0:PORT in a pod).
     #[arg(
         long,
         env = env::LISTEN,
-        default_value = "0.0.0.0:9000",
+        default_value = "127.0.0.1:9000",
         value_name = "ADDR"
     )]
     pub listen: Option<SocketAddr>,
     /// Memory limit the soft and hard thresholds refer to, in bytes or as a quantity such as
     /// 512Mi [default: the cgroup's memory.max, else workers.resources.limits.memory].
-    #[arg(long, env = env::MEMORY_LIMIT_BYTES, value_name = "BYTES")]
+    #[arg(
+        long,
+        visible_alias = "memory-limit",
+        env = env::MEMORY_LIMIT_BYTES,
+        value_name = "BYTES"
+    )]
+    pub memory_limit_bytes: Option<String>,
+}
+
+/// The flags of `migrate-worker check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// The pipeline file: a MigrateJob manifest or its spec, as YAML.
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: PathBuf,
+    /// Memory limit the soft and hard thresholds refer to, as for `run` [default: the
+    /// cgroup's memory.max, else workers.resources.limits.memory].
+    #[arg(
+        long,
+        visible_alias = "memory-limit",
+        env = env::MEMORY_LIMIT_BYTES,
+        value_name = "BYTES"
+    )]
     pub memory_limit_bytes: Option<String>,
 }
 
@@ -223,9 +247,46 @@ impl fmt::Debug for WorkerConfig {
 /// [`ConfigError::Pipeline`] when it cannot be read or parsed, [`ConfigError::Invalid`] with
 /// every problem when it is invalid.
 pub fn load_pipeline(path: &Path) -> Result<MigrateJobSpec, ConfigError> {
+    load_pipeline_with_memory_limit(path, None)
+}
+
+/// Like [`load_pipeline`], with the memory limit the percentage thresholds refer to given from
+/// outside the spec (`None`: the spec's `workers.resources.limits.memory`).
+///
+/// # Errors
+/// As [`load_pipeline`].
+pub fn load_pipeline_with_memory_limit(
+    path: &Path,
+    memory_limit: Option<u64>,
+) -> Result<MigrateJobSpec, ConfigError> {
     let spec = migrate_crds::pipeline::load(path).map_err(ConfigError::Pipeline)?;
-    migrate_crds::validate::validate(&spec).map_err(ConfigError::Invalid)?;
+    migrate_crds::validate::validate_with_memory_limit(&spec, memory_limit)
+        .map_err(ConfigError::Invalid)?;
     Ok(spec)
+}
+
+/// Reads a memory limit given as bytes or a quantity (`MIGRATE_MEMORY_LIMIT_BYTES`,
+/// `--memory-limit`); `None` when it is not given.
+///
+/// # Errors
+/// [`ConfigError::Malformed`] naming the variable and the value when it is not a size.
+pub fn parse_memory_limit(value: Option<&str>) -> Result<Option<u64>, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => migrate_crds::memory::parse_quantity_bytes(text)
+            .filter(|b| *b > 0)
+            .map(Some)
+            .ok_or_else(|| ConfigError::Malformed {
+                variable: env::MEMORY_LIMIT_BYTES,
+                message: format!("{text:?} is not a size in bytes (e.g. 1073741824 or 1Gi)"),
+            }),
+    }
+}
+
+/// The limit the worker's thresholds will refer to when none is given in the spec: the
+/// override, else this process's cgroup `memory.max` (the order `MemoryLimits` follows).
+fn outside_limit(override_limit: Option<u64>) -> Option<u64> {
+    override_limit.or_else(|| crate::memory::read_cgroup().and_then(|c| c.max))
 }
 
 fn required(
@@ -258,7 +319,10 @@ impl WorkerConfig {
     /// # Errors
     /// [`ConfigError`] naming the file, field or variable at fault.
     pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
-        let spec = load_pipeline(&args.pipeline)?;
+        // The thresholds are checked against the limit the worker will use, so that
+        // `memory.soft: 80%` with MIGRATE_MEMORY_LIMIT_BYTES and no limit in the spec runs.
+        let override_limit = parse_memory_limit(args.env.memory_limit_bytes.as_deref())?;
+        let spec = load_pipeline_with_memory_limit(&args.pipeline, outside_limit(override_limit))?;
         Self::from_parts(spec, args.pipeline, args.env)
     }
 
@@ -303,20 +367,8 @@ impl WorkerConfig {
         }
         let listen = env
             .listen
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9000)));
-        let memory_limit_bytes = match env.memory_limit_bytes.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(text) => Some(
-                migrate_crds::memory::parse_quantity_bytes(text)
-                    .filter(|b| *b > 0)
-                    .ok_or_else(|| ConfigError::Malformed {
-                        variable: env::MEMORY_LIMIT_BYTES,
-                        message: format!(
-                            "{text:?} is not a size in bytes (e.g. 1073741824 or 1Gi)"
-                        ),
-                    })?,
-            ),
-        };
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9000)));
+        let memory_limit_bytes = parse_memory_limit(env.memory_limit_bytes.as_deref())?;
         Ok(Self {
             spec,
             pipeline_path,
@@ -404,7 +456,7 @@ mod tests {
             "{}",
             config.worker_id
         );
-        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.search_password, None);
     }
 
@@ -423,6 +475,34 @@ mod tests {
             err.to_string().contains("MIGRATE_MEMORY_LIMIT_BYTES"),
             "{err}"
         );
+    }
+
+    /// `memory.soft: "80%"` with no limit in the spec runs when the environment gives one.
+    #[test]
+    fn a_percentage_refers_to_the_limit_given_in_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        let mut spec = spec();
+        spec.workers.resources = None;
+        spec.memory.soft = "80%".into();
+        spec.memory.hard = "90%".into();
+        std::fs::write(&path, migrate_crds::pipeline::to_yaml(&spec).unwrap()).unwrap();
+        let err = load_pipeline(&path).unwrap_err();
+        assert!(
+            err.problems()
+                .iter()
+                .any(|p| p.starts_with("memory.soft: \"80%\" is a percentage")),
+            "{:?}",
+            err.problems()
+        );
+        let mut env = env_args();
+        env.memory_limit_bytes = Some("1Gi".into());
+        let config = WorkerConfig::from_args(RunArgs {
+            pipeline: path,
+            env,
+        })
+        .unwrap();
+        assert_eq!(config.memory_limit_bytes, Some(1 << 30));
     }
 
     #[test]
@@ -474,5 +554,9 @@ mod tests {
             cli.run.env.keywords_dir,
             PathBuf::from("/etc/migrate/keywords")
         );
+        // On a laptop the endpoints are not open to the network unless asked for.
+        if std::env::var_os(env::LISTEN).is_none() {
+            assert_eq!(cli.run.env.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        }
     }
 }

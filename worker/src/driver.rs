@@ -67,7 +67,7 @@ use crate::queue::{Queue, Settled, Taken, too_many_deliveries};
 use crate::sink::{BulkBuilder, BulkRequest, ItemResult, Pushed, Sink};
 use crate::source::Source;
 use crate::stage::Stage;
-use crate::task::{DeadLetter, Document, Outcome, TaskId};
+use crate::task::{DeadLetter, Document, Outcome, TaskId, shown_id};
 
 /// Most ids taken in one round trip (when that many permits are free).
 const TAKE_BATCH: usize = 64;
@@ -86,7 +86,21 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 /// exit code is [`ExitReason::code`]). The reason is also written to `/dev/termination-log`.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> ExitReason {
     let (reason, detail) = match Worker::start(config, &shutdown).await {
-        Ok(Some(worker)) => worker.run(shutdown).await,
+        Ok(Some(worker)) => {
+            let metrics = Arc::clone(&worker.shared.metrics);
+            let (reason, detail) = worker.run(shutdown).await;
+            // A drained run that dead-lettered anything says so at the end, with the count.
+            match metrics.tasks_with(stat::DEAD) {
+                dead if dead > 0 && reason == ExitReason::Drained => {
+                    warn!(
+                        dead,
+                        "Drained with dead letters: {dead} tasks went to the dead-letter list."
+                    );
+                    (reason, format!("{detail}; {dead} tasks dead-lettered"))
+                }
+                _ => (reason, detail),
+            }
+        }
         Ok(None) => (
             ExitReason::Drained,
             "stopped before Redis was reachable".to_owned(),
@@ -426,6 +440,18 @@ impl Worker {
             };
             (reason, format!("sink: {}", error_chain(&e)))
         })?;
+        // sink.createIndex: the index exists before the first document is sent.
+        match sink.prepare_index().await {
+            Ok(prepared) => debug!(index = sink.index(), ?prepared, "Index prepared."),
+            Err(e) => {
+                let reason = if e.is_config() {
+                    ExitReason::Config
+                } else {
+                    ExitReason::Fatal
+                };
+                return Err((reason, format!("sink: {}", error_chain(&e))));
+            }
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| {
@@ -945,7 +971,7 @@ fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settl
         (Some(Settled::DeadLettered), _) => Some(stat::DEAD),
         (Some(Settled::NotHeld), _) => {
             debug!(
-                task = raw,
+                task = %shown_id(raw),
                 "Task no longer held by this worker (requeued elsewhere); nothing counted."
             );
             None
@@ -958,7 +984,7 @@ fn finished(shared: &Shared, raw: &str, outcome: &Outcome, settled: Option<Settl
     if let (Some(Settled::DeadLettered), Outcome::Dead(dead) | Outcome::Retry(dead)) =
         (settled, outcome)
     {
-        warn!(task = raw, stage = dead.stage.as_str(), reason = %dead.reason, "Task dead-lettered.");
+        warn!(task = %shown_id(raw), stage = dead.stage.as_str(), reason = %dead.reason, "Task dead-lettered.");
     }
     if let Some((stage, bytes)) = shared.leak {
         leak(stage, bytes);

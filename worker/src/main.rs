@@ -1,15 +1,18 @@
 //! `migrate-worker`: the worker binary. Parses flags, sets up logging and runs the driver.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use migrate_worker::config::{RunArgs, WorkerConfig, load_pipeline};
+use migrate_worker::config::{
+    CheckArgs, RunArgs, WorkerConfig, load_pipeline_with_memory_limit, parse_memory_limit,
+};
 use migrate_worker::driver;
 use migrate_worker::exit::{ExitReason, write_termination_log};
+use migrate_worker::logging::{self, LogFormat};
+use migrate_worker::memory::read_cgroup;
+use migrate_worker::settings;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static ALLOC: migrate_worker::memory::CountingAlloc = migrate_worker::memory::CountingAlloc;
@@ -26,6 +29,15 @@ MIGRATE_SEARCH_URL); see `migrate-worker run --help`. Usually started by migrate
 pod or by `migrate-operator local`."
 )]
 struct Cli {
+    /// Log format: text (coloured only on a terminal) or json (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = migrate_contract::env::LOG_FORMAT,
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,42 +52,49 @@ enum Command {
     /// over the hard memory limit, 12 recycled after workers.recycleAfterTasks, 78
     /// configuration error (restarting will not help), 1 anything else.
     Run(RunArgs),
-    /// Check a pipeline file and print every problem (exit 0 when valid, 78 when not).
-    Check {
-        /// The pipeline file: a MigrateJob manifest or its spec, as YAML.
-        #[arg(long, value_name = "FILE")]
-        pipeline: PathBuf,
-    },
+    /// Check a pipeline file and print every problem, or the settings it resolves to (each
+    /// with its source: spec, default, environment or cgroup) and any combination that cannot
+    /// take effect (exit 0 when valid, 78 when not).
+    Check(CheckArgs),
 }
 
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("MIGRATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-fn check(pipeline: &std::path::Path) -> i32 {
-    match load_pipeline(pipeline) {
-        Ok(spec) => {
-            println!(
-                "{}: valid (queue {}, index {})",
-                pipeline.display(),
-                spec.queue.key,
-                spec.sink.index
-            );
-            0
-        }
+fn check(args: &CheckArgs) -> i32 {
+    let pipeline = &args.pipeline;
+    let loaded = parse_memory_limit(args.memory_limit_bytes.as_deref()).and_then(|limit| {
+        let cgroup_max = read_cgroup().and_then(|c| c.max);
+        load_pipeline_with_memory_limit(pipeline, limit.or(cgroup_max))
+            .map(|spec| (spec, limit, cgroup_max))
+    });
+    let (spec, limit, cgroup_max) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{}: {e}", pipeline.display());
             for problem in e.problems() {
                 eprintln!("  - {problem}");
             }
+            return ExitReason::Config.code();
+        }
+    };
+    println!(
+        "{}: valid (queue {}, index {})",
+        pipeline.display(),
+        spec.queue.key,
+        spec.sink.index
+    );
+    let given = std::fs::read_to_string(pipeline)
+        .map(|text| settings::given_fields(&text))
+        .unwrap_or_default();
+    match settings::resolve(&spec, &given, limit, cgroup_max) {
+        Ok(resolved) => {
+            print!("settings (each with its source):\n{resolved}");
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "{}: {}",
+                pipeline.display(),
+                migrate_contract::error::error_chain(&e)
+            );
             ExitReason::Config.code()
         }
     }
@@ -97,6 +116,21 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(ExitReason::Config.code());
         }
     };
+    // The settings are logged once, and what cannot take effect is said, not ignored.
+    let given = std::fs::read_to_string(&config.pipeline_path)
+        .map(|text| settings::given_fields(&text))
+        .unwrap_or_default();
+    let cgroup_max = read_cgroup().and_then(|c| c.max);
+    if let Ok(resolved) =
+        settings::resolve(&config.spec, &given, config.memory_limit_bytes, cgroup_max)
+    {
+        for s in &resolved.settings {
+            tracing::debug!(setting = %s.name, value = %s.value, source = s.source.as_str(), "Setting.");
+        }
+        for warning in &resolved.warnings {
+            tracing::warn!(%warning, "Setting without effect.");
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,9 +148,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    logging::init(cli.log_format);
     let code = match cli.command {
-        Command::Check { pipeline } => Ok(check(&pipeline)),
+        Command::Check(args) => Ok(check(&args)),
         Command::Run(args) => run(args),
     };
     let code = code.unwrap_or_else(|e| {

@@ -228,6 +228,14 @@ impl WorkerMetrics {
         self.tasks_done.inc();
     }
 
+    /// Tasks this process ended with `outcome` (a `{q}:stats` field such as `dead`) so far.
+    #[must_use]
+    pub fn tasks_with(&self, outcome: &str) -> u64 {
+        self.tasks
+            .get_or_create(&[("outcome", outcome.to_owned())])
+            .get()
+    }
+
     /// Tasks finished by this process so far.
     #[must_use]
     pub fn tasks_done(&self) -> i64 {

@@ -1,5 +1,6 @@
 //! A task: one id taken from the queue, and the document built for it.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use migrate_contract::keys::stat;
@@ -18,7 +19,7 @@ pub struct TaskId {
 
 /// Why a raw queue entry is not a task id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("task id {raw:?} is not a decimal unsigned integer")]
+#[error("task id {} is not a decimal unsigned integer", shown_id(raw))]
 pub struct BadTaskId {
     /// The entry as taken from the queue.
     pub raw: String,
@@ -56,6 +57,45 @@ impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
     }
+}
+
+/// Longest queue entry shown whole in logs and dead-letter reasons, in bytes.
+pub const MAX_SHOWN_ID_BYTES: usize = 256;
+
+/// Bytes of a long entry's start kept by [`shown_id`].
+const SHOWN_PREFIX_BYTES: usize = 64;
+
+/// A queue entry as logs and dead-letter reasons show it: quoted and whole up to
+/// [`MAX_SHOWN_ID_BYTES`], else its first 64 bytes, its length and a hash of the whole
+/// (FNV-1a, 64 bits), so that one malformed 10 KB entry does not fill the log twice. The
+/// dead-letter entry itself keeps the whole id once, for a replay.
+///
+/// ```
+/// use migrate_worker::task::shown_id;
+///
+/// assert_eq!(shown_id("42"), "\"42\"");
+/// let long = "x".repeat(10_000);
+/// let shown = shown_id(&long);
+/// assert!(shown.len() < 120, "{shown}");
+/// assert!(shown.contains("10000 bytes"), "{shown}");
+/// ```
+#[must_use]
+pub fn shown_id(raw: &str) -> Cow<'_, str> {
+    if raw.len() <= MAX_SHOWN_ID_BYTES {
+        return Cow::Owned(format!("{raw:?}"));
+    }
+    let mut end = SHOWN_PREFIX_BYTES;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    let hash = raw.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Cow::Owned(format!(
+        "{:?}… ({} bytes, fnv1a {hash:016x})",
+        &raw[..end],
+        raw.len()
+    ))
 }
 
 /// A JSON document under construction.
@@ -120,5 +160,19 @@ mod tests {
             assert_eq!(err.raw, bad);
             assert!(err.to_string().contains("not a decimal unsigned integer"));
         }
+    }
+
+    /// A 10 KB malformed id is shortened in the reason, and two ids differing only past the
+    /// shown prefix still read differently.
+    #[test]
+    fn a_long_bad_id_is_shortened_with_its_length_and_hash() {
+        let a = format!("{}a", "9".repeat(10_239));
+        let b = format!("{}b", "9".repeat(10_239));
+        let reason = TaskId::parse(&a).unwrap_err().to_string();
+        assert!(reason.len() < 200, "{} bytes: {reason}", reason.len());
+        assert!(reason.contains("10240 bytes"), "{reason}");
+        assert_ne!(shown_id(&a), shown_id(&b));
+        assert_eq!(shown_id(&"é".repeat(200)).matches('é').count(), 32);
+        assert_eq!(shown_id(&"7".repeat(256)), format!("{:?}", "7".repeat(256)));
     }
 }

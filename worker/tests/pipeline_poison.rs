@@ -1,6 +1,7 @@
 //! Poison tasks against the real testbed: a non-numeric id, a missing row, a title the NLP
 //! service refuses and a document the index mapping refuses each end in the dead-letter list
-//! with a reason naming its stage, while every other task completes.
+//! with a reason naming its stage, while every other task completes. A 10 KB malformed id is
+//! shortened in the log and its reason, and kept whole once in its dead-letter entry.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -28,6 +29,8 @@ async fn poison_tasks_are_dead_lettered_at_their_stage_while_the_rest_completes(
     let (nlp_refused, mapping_refused) = (clean[10], clean[20]);
     let missing = FIRST_ID + 1; // ids step by 3: this one has no row
     let not_a_number = "not-a-number";
+    // A 10 KB malformed id: shortened in the log and the reason, kept whole in its entry.
+    let huge = format!("{}x", "7".repeat(10_239));
 
     // `[nlp:400]` in a title makes the NLP service answer 400; an author id beyond a `short`
     // makes the index refuse that one document.
@@ -52,7 +55,8 @@ async fn poison_tasks_are_dead_lettered_at_their_stage_while_the_rest_completes(
     let expected = job.expected().await;
 
     job.enqueue_all().await;
-    job.enqueue_raw(&[not_a_number, &missing.to_string()]).await;
+    job.enqueue_raw(&[not_a_number, &missing.to_string(), &huge])
+        .await;
     let mut worker = job.spawn("w1");
     let code = worker.exit_code(Duration::from_secs(90)).await;
     assert_eq!(code, 0, "log:\n{}", worker.log_tail(30));
@@ -70,6 +74,29 @@ async fn poison_tasks_are_dead_lettered_at_their_stage_while_the_rest_completes(
         reason.contains("not a decimal unsigned integer"),
         "{reason}"
     );
+    let (stage, reason) = stage_of(&huge).expect("the 10 KB id is dead-lettered, whole");
+    assert_eq!(stage, "queue");
+    assert!(
+        reason.len() < 200 && reason.contains("10240 bytes"),
+        "{} bytes: {reason:.300}",
+        reason.len()
+    );
+    let log = worker.log_text();
+    assert!(!log.contains(&huge[..1000]), "the long id is logged whole");
+    assert!(
+        log.contains("10240 bytes"),
+        "its shortened form is logged: {}",
+        worker.log_tail(10)
+    );
+    assert!(
+        log.contains("Drained with dead letters: 5 tasks"),
+        "a drained run ends saying what it dead-lettered: {}",
+        worker.log_tail(5)
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log written to a file has no colour codes"
+    );
     let (stage, reason) = stage_of(&missing.to_string()).expect("the missing row is dead-lettered");
     assert_eq!(stage, "source");
     assert!(reason.contains("no row"), "{reason}");
@@ -86,7 +113,7 @@ async fn poison_tasks_are_dead_lettered_at_their_stage_while_the_rest_completes(
     );
     assert_eq!(
         dead.len(),
-        4,
+        5,
         "only the poison is dead-lettered: {:?}",
         dead.keys().collect::<Vec<_>>()
     );
@@ -101,7 +128,7 @@ async fn poison_tasks_are_dead_lettered_at_their_stage_while_the_rest_completes(
     let indexed = search::ids(&job.env.es_url, &job.index).await;
     assert_eq!(indexed, indexed_expected, "every other document is indexed");
     let stats = job.stats().await;
-    assert_eq!(stats.get("dead"), 4, "{stats:?}");
+    assert_eq!(stats.get("dead"), 5, "{stats:?}");
     assert_eq!(
         stats.get("indexed"),
         indexed_expected.len() as u64,
@@ -114,7 +141,7 @@ async fn poison_tasks_are_dead_lettered_at_their_stage_while_the_rest_completes(
     );
     assert_eq!(
         stats.finished(),
-        job.generated.ids.len() as u64 + 2,
+        job.generated.ids.len() as u64 + 3,
         "{stats:?}"
     );
     assert_eq!(job.llen(&job.keys("w1").processing).await, 0);

@@ -346,7 +346,10 @@ pub fn worker_pod(job: &MigrateJob, secrets: &SecretVersions) -> Result<Pod, Bui
             ..EnvVarSource::default()
         }),
     });
+    // The worker listens on loopback by default; in a pod the probes and the scrape come
+    // from outside.
     env.push(plain_env(worker_env::LISTEN, format!("0.0.0.0:{port}")));
+    env.push(plain_env(worker_env::LOG_FORMAT, "json".to_owned()));
     env.push(plain_env(worker_env::KEYWORDS_DIR, KEYWORDS_DIR.to_owned()));
     env.push(plain_env(
         worker_env::TERMINATION_LOG,

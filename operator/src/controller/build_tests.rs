@@ -211,7 +211,8 @@ fn secrets_reach_the_pod_only_by_secret_key_ref() {
                 [
                     "MIGRATE_LISTEN",
                     "MIGRATE_KEYWORDS_DIR",
-                    "MIGRATE_TERMINATION_LOG"
+                    "MIGRATE_TERMINATION_LOG",
+                    "MIGRATE_LOG_FORMAT"
                 ]
                 .contains(&e.name.as_str()),
                 "{} carries a literal value",
@@ -219,6 +220,11 @@ fn secrets_reach_the_pod_only_by_secret_key_ref() {
             );
         }
     }
+    assert_eq!(
+        by_name("MIGRATE_LOG_FORMAT").value.as_deref(),
+        Some("json"),
+        "pods log JSON lines for the collector"
+    );
     assert_eq!(
         by_name("MIGRATE_TERMINATION_LOG").value.as_deref(),
         container(&pod).termination_message_path.as_deref(),

@@ -79,6 +79,21 @@ pub enum LocalError {
         #[source]
         source: std::io::Error,
     },
+    /// A flag a run needs is missing.
+    #[error("{flags} must be given to run a job")]
+    MissingFlag {
+        /// The flags.
+        flags: &'static str,
+    },
+    /// The starter job cannot be written (`migrate-operator local init`).
+    #[error("cannot write the starter job to {path}")]
+    Init {
+        /// The file.
+        path: PathBuf,
+        /// Why (`AlreadyExists` when the file is there and `--force` is not given).
+        #[source]
+        source: std::io::Error,
+    },
     /// The memory plot cannot be written.
     #[error("cannot write the memory plot to {path}")]
     Plot {
@@ -107,6 +122,8 @@ impl LocalError {
             LocalError::JobWithoutLeak { .. } => "job-without-leak",
             LocalError::Summary { .. } => "summary",
             LocalError::Plot { .. } => "plot",
+            LocalError::Init { .. } => "init",
+            LocalError::MissingFlag { .. } => "missing-flag",
         }
     }
 }

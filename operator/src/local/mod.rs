@@ -45,10 +45,14 @@ use supervisor::Supervisor;
 
 /// Flags of `migrate-operator local`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct LocalArgs {
-    /// The MigrateJob file: a manifest or its spec, as YAML.
-    #[arg(long, value_name = "FILE")]
-    pub job: PathBuf,
+    /// `init`: write a commented starter job instead of running one.
+    #[command(subcommand)]
+    pub command: Option<LocalCommand>,
+    /// The MigrateJob file: a manifest or its spec, as YAML (required to run a job).
+    #[arg(long, required = true, value_name = "FILE")]
+    pub job: Option<PathBuf>,
     /// The worker binary [default: migrate-worker next to this executable].
     #[arg(long, value_name = "PATH")]
     pub workers_bin: Option<PathBuf>,
@@ -75,11 +79,12 @@ pub struct LocalArgs {
     /// Redis URL of the queue, e.g. redis://127.0.0.1:6379/0; the workers get it too.
     #[arg(
         long,
+        required = true,
         env = migrate_contract::env::REDIS_URL,
         hide_env_values = true,
         value_name = "URL"
     )]
-    pub redis_url: String,
+    pub redis_url: Option<String>,
     /// No progress bar; the figures are logged every 10 s instead.
     #[arg(long)]
     pub no_progress: bool,
@@ -98,6 +103,46 @@ pub struct LocalArgs {
     pub leaky_workers: Option<usize>,
 }
 
+/// What `migrate-operator local` does besides running a job.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LocalCommand {
+    /// Write a commented starter job for one table of your own (the README's example), to
+    /// edit and then run with `migrate-operator local --job FILE`.
+    Init {
+        /// The file to write.
+        #[arg(default_value = "job.yaml", value_name = "FILE")]
+        file: PathBuf,
+        /// Replace the file when it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The starter job `migrate-operator local init` writes: the README's hand-written job (a
+/// test keeps the two the same).
+pub const STARTER_JOB: &str = include_str!("starter-job.yaml");
+
+/// Writes [`STARTER_JOB`] to `path`, never over an existing file unless `force`.
+///
+/// # Errors
+/// [`LocalError::Init`] when the file exists (without `force`) or cannot be written.
+pub fn init(path: &Path, force: bool) -> Result<(), LocalError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let written = options
+        .open(path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, STARTER_JOB.as_bytes()));
+    written.map_err(|source| LocalError::Init {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// The default worker binary: `migrate-worker` next to the running executable.
 #[must_use]
 pub fn default_workers_bin() -> PathBuf {
@@ -114,8 +159,14 @@ pub fn default_workers_bin() -> PathBuf {
 /// # Errors
 /// [`LocalError`] when the job cannot be started or its workers refuse their configuration.
 pub async fn run(args: LocalArgs) -> Result<Summary, LocalError> {
+    // Optional only so that `local init` parses without them; clap requires them for a run.
+    let (Some(job_path), Some(redis_url)) = (args.job.clone(), args.redis_url.clone()) else {
+        return Err(LocalError::MissingFlag {
+            flags: "--job and --redis-url (or MIGRATE_REDIS_URL)",
+        });
+    };
     let job = LocalJob::load(
-        &args.job,
+        &job_path,
         args.memory_limit.as_deref(),
         args.worker_memory_limit.as_deref(),
     )
@@ -131,7 +182,7 @@ pub async fn run(args: LocalArgs) -> Result<Summary, LocalError> {
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     let job_without_leak = match args.leaky_workers {
         Some(_) if supervisor::job_leaks(&job) => {
-            Some(absolute(write_job_without_leak(&args.job, &args.log_dir)?))
+            Some(absolute(write_job_without_leak(&job_path, &args.log_dir)?))
         }
         _ => None,
     };
@@ -146,7 +197,7 @@ pub async fn run(args: LocalArgs) -> Result<Summary, LocalError> {
             .clone()
             .map(absolute)
             .or_else(|| job.keywords_folder()),
-        redis_url: args.redis_url.clone(),
+        redis_url,
         memory_limit: job.worker_memory_limit,
     };
     let supervisor = Supervisor::new(job, launch, args.base_port, !args.no_progress).await?;
@@ -210,4 +261,49 @@ fn write_plot(summary: &Summary, series: &mut RssSeries, path: &Path) -> Result<
     })?;
     tracing::info!(path = %path.display(), "Memory plot written.");
     Ok(())
+}
+
+#[cfg(test)]
+mod init_tests {
+    use super::*;
+
+    /// The starter job is valid once a memory limit is given (as a local run gives one), and
+    /// `init` never overwrites a file unless asked to.
+    #[test]
+    fn init_writes_a_valid_starter_job_and_keeps_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.yaml");
+        init(&path, false).unwrap();
+        let spec = migrate_crds::pipeline::load(&path).unwrap();
+        migrate_crds::validate::validate_with_memory_limit(&spec, Some(1 << 30)).unwrap();
+        assert!(spec.sink.create_index.is_some());
+
+        std::fs::write(&path, "mine").unwrap();
+        let err = init(&path, false).unwrap_err();
+        assert!(err.to_string().contains("job.yaml"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine");
+        init(&path, true).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), STARTER_JOB);
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        local: LocalArgs,
+    }
+
+    /// `local init FILE` needs none of the flags a run needs; a run still needs them.
+    #[test]
+    fn init_parses_without_the_flags_of_a_run() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["local", "init", "mine.yaml"]).unwrap();
+        assert!(
+            matches!(&cli.local.command, Some(LocalCommand::Init { file, force: false }) if file == Path::new("mine.yaml")),
+            "{cli:?}"
+        );
+        let cli =
+            Cli::try_parse_from(["local", "--job", "j.yaml", "--redis-url", "redis://r"]).unwrap();
+        assert!(cli.local.command.is_none());
+        assert!(Cli::try_parse_from(["local", "--redis-url", "redis://r"]).is_err());
+    }
 }

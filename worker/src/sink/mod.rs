@@ -46,7 +46,7 @@ pub mod retry;
 pub mod service;
 
 pub use request_builder::{BulkBuilder, BulkRequest, Pushed};
-pub use service::Sink;
+pub use service::{IndexPrepared, Sink};
 
 use crate::task::TaskId;
 
@@ -125,6 +125,20 @@ pub enum SinkError {
         /// The HTTP status.
         status: u16,
     },
+    /// The index creation request (`sink.createIndex`) was refused.
+    #[error(
+        "search server {url} refused to create index {index} from sink.createIndex (HTTP {status}): {reason}"
+    )]
+    CreateIndex {
+        /// The server URL, without credentials.
+        url: String,
+        /// The index.
+        index: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's words.
+        reason: String,
+    },
 }
 
 impl SinkError {
@@ -138,6 +152,7 @@ impl SinkError {
             SinkError::Serialize { .. } => "serialize",
             SinkError::Unreachable { .. } => "unreachable",
             SinkError::PingStatus { .. } => "ping-status",
+            SinkError::CreateIndex { .. } => "create-index",
         }
     }
 
@@ -149,6 +164,10 @@ impl SinkError {
             SinkError::InvalidUrl { .. }
                 | SinkError::IncompleteCredentials
                 | SinkError::Client { .. }
+                | SinkError::CreateIndex {
+                    status: 400..=499,
+                    ..
+                }
         )
     }
 }

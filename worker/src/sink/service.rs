@@ -62,6 +62,19 @@ pub struct Sink {
     timeout: Duration,
     /// False from a round that found the server unavailable until the next answer.
     available: Arc<AtomicBool>,
+    /// `sink.createIndex`: the body the index is created with when it does not exist.
+    create_index: Option<String>,
+}
+
+/// What [`Sink::prepare_index`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexPrepared {
+    /// The job names no creation body: nothing was asked.
+    NotAsked,
+    /// This worker created the index.
+    Created,
+    /// The index was there already (made earlier, or by a worker starting at the same time).
+    Existed,
 }
 
 /// The answer to one bulk attempt that reached a server willing to take it.
@@ -156,7 +169,60 @@ impl Sink {
             backoff: retry::BULK_BACKOFF,
             timeout: DEFAULT_REQUEST_TIMEOUT,
             available: Arc::new(AtomicBool::new(true)),
+            create_index: spec.create_index.clone(),
         })
+    }
+
+    /// Creates the index from `sink.createIndex` when it does not exist. Workers starting
+    /// together may race: the server creates it once and answers the others
+    /// `resource_already_exists_exception`, which is taken as success.
+    ///
+    /// # Errors
+    /// [`SinkError::Unreachable`] when the server does not answer; [`SinkError::CreateIndex`]
+    /// with the server's words when it refuses the body (a 4xx is a settings error).
+    pub async fn prepare_index(&self) -> Result<IndexPrepared, SinkError> {
+        let Some(text) = &self.create_index else {
+            return Ok(IndexPrepared::NotAsked);
+        };
+        let refused = |status: u16, reason: String| SinkError::CreateIndex {
+            url: self.url.clone(),
+            index: self.index.clone(),
+            status,
+            reason,
+        };
+        // Checked by validation; a body that is not JSON here is refused the same way.
+        let body: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| refused(400, format!("not JSON: {e}")))?;
+        let response = self
+            .client
+            .indices()
+            .create(elasticsearch::indices::IndicesCreateParts::Index(
+                &self.index,
+            ))
+            .header(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT))
+            .request_timeout(self.timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| SinkError::Unreachable {
+                url: self.url.clone(),
+                source,
+            })?;
+        let status = response.status_code().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(IndexPrepared::Created);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let error = &answer["error"];
+        if error["type"] == "resource_already_exists_exception" {
+            return Ok(IndexPrepared::Existed);
+        }
+        let reason = match (error["type"].as_str(), error["reason"].as_str()) {
+            (Some(kind), Some(reason)) => format!("{kind}: {reason}"),
+            _ => text.chars().take(MAX_QUOTED_BODY).collect(),
+        };
+        Err(refused(status, reason))
     }
 
     /// Replaces the backoff between retries (tests use short delays).
