@@ -25,9 +25,12 @@ pub const MEMORY_LIMIT_BYTES: &str = "MIGRATE_MEMORY_LIMIT_BYTES";
 /// File the worker writes its exit reason to (the operator sets it to the container's
 /// `terminationMessagePath`).
 pub const TERMINATION_LOG: &str = "MIGRATE_TERMINATION_LOG";
+/// Set (to `1`) by a supervisor: at its soft memory line the worker asks for a restart and keeps
+/// working instead of draining itself (see [`crate::restart`]).
+pub const SUPERVISED: &str = "MIGRATE_SUPERVISED";
 
 /// Every variable above, for tests that compare them with the documentation.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     REDIS_URL,
     MYSQL_URL,
     SEARCH_URL,
@@ -38,6 +41,7 @@ pub const ALL: [&str; 10] = [
     LISTEN,
     MEMORY_LIMIT_BYTES,
     TERMINATION_LOG,
+    SUPERVISED,
 ];
 
 #[cfg(test)]

@@ -77,6 +77,7 @@ pub struct WorkerMetrics {
     cgroup_working_set: Gauge,
     cgroup_limit: Gauge,
     soft_limit: Gauge,
+    restart_requested: Gauge,
     retained: Family<Label, Gauge>,
     queue_lag: Gauge<f64, AtomicU64>,
 }
@@ -105,6 +106,7 @@ impl WorkerMetrics {
         let cgroup_working_set = Gauge::default();
         let cgroup_limit = Gauge::default();
         let soft_limit = Gauge::default();
+        let restart_requested = Gauge::default();
         let retained = Family::<Label, Gauge>::default();
         let queue_lag = Gauge::<f64, AtomicU64>::default();
 
@@ -157,8 +159,13 @@ impl WorkerMetrics {
         );
         registry.register(
             "migrate_memory_soft_limit_bytes",
-            "Usage above which the worker drains itself (0 when unknown)",
+            "Usage above which the worker drains itself, or asks its supervisor for a restart when supervised (0 when unknown)",
             soft_limit.clone(),
+        );
+        registry.register(
+            "migrate_restart_requested_timestamp_seconds",
+            "Unix time at which this supervised worker crossed its soft memory line and began asking its supervisor for a restart (it keeps working until granted); 0 while it is not asking",
+            restart_requested.clone(),
         );
         registry.register(
             "migrate_stage_retained_bytes",
@@ -195,6 +202,7 @@ impl WorkerMetrics {
             cgroup_working_set,
             cgroup_limit,
             soft_limit,
+            restart_requested,
             retained,
             queue_lag,
         }
@@ -251,6 +259,13 @@ impl WorkerMetrics {
         self.soft_limit.set(saturating_i64(state.soft.unwrap_or(0)));
     }
 
+    /// Says that this worker asks for a restart since `unix_seconds` (see
+    /// `migrate_contract::restart`).
+    pub fn request_restart(&self, unix_seconds: u64) {
+        self.restart_requested
+            .set(saturating_i64(unix_seconds.max(1)));
+    }
+
     /// Reads RSS and the cgroup's usage now and sets their gauges (the limits stay as the last
     /// [`WorkerMetrics::set_memory`] left them). Reads two small `/proc`/`/sys` files.
     pub fn refresh_memory(&self) {
@@ -295,7 +310,7 @@ mod tests {
     use crate::memory::Level;
 
     /// Every worker metric named in the architecture page, as exposed.
-    const DOCUMENTED: [&str; 12] = [
+    const DOCUMENTED: [&str; 13] = [
         "migrate_tasks_total",
         "migrate_stage_seconds",
         "migrate_in_flight",
@@ -308,6 +323,7 @@ mod tests {
         "migrate_stage_retained_bytes",
         "migrate_queue_lag_seconds",
         "migrate_memory_soft_limit_bytes",
+        "migrate_restart_requested_timestamp_seconds",
     ];
 
     fn sample_names(text: &str) -> Vec<String> {
