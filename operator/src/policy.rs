@@ -29,7 +29,7 @@
 //!    as a soft-limit restart.
 //! 5. Surge strictly before stop: a worker restarted for memory, an update or recycling is
 //!    drained only once enough *other* workers are Ready to leave the pool at its desired size
-//!    without it. Until then its replacement is started (a surge: up to `maxReplicas` plus the
+//!    without it (a worker that is not Ready serves nothing and needs no surge). Until then its replacement is started (a surge: up to `maxReplicas` plus the
 //!    restarts in progress) and the worker keeps working. A hard-limit kill cannot wait: its
 //!    replacement starts after it. With the backlog unknown, there is no desired size to
 //!    surge above: restarts are granted at once and replaced after, as before.
@@ -499,21 +499,26 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
         None => u32::try_from(active).unwrap_or(u32::MAX),
     };
     let desired_us = usize::try_from(desired).unwrap_or(usize::MAX);
-    let grants = if backlog.is_some() {
-        let ready = live
-            .iter()
+    // A worker that is not Ready serves nothing: stopping it costs no capacity, so it needs
+    // no surge (an update of Pending pods, a worker whose search server is away).
+    let mut spare = if backlog.is_some() {
+        live.iter()
             .filter(|w| w.ready && !matches!(w.state, WorkerState::Draining(_)))
             .filter(|w| !removed.contains(&w.name.as_str()))
-            .count();
-        ready.saturating_sub(desired_us).min(chosen.len())
+            .count()
+            .saturating_sub(desired_us)
     } else {
-        chosen.len()
+        usize::MAX
     };
-    let pending: Vec<String> = chosen[grants..]
-        .iter()
-        .map(|(w, ..)| w.name.clone())
-        .collect();
-    for (w, reason, memory_bytes, _) in chosen.into_iter().take(grants) {
+    let mut pending = Vec::new();
+    for (w, reason, memory_bytes, _) in chosen {
+        if w.ready {
+            if spare == 0 {
+                pending.push(w.name.clone());
+                continue;
+            }
+            spare -= 1;
+        }
         actions.push(Action::Drain {
             worker: w.name.clone(),
             reason,

@@ -361,6 +361,20 @@ fn with_a_spare_ready_worker_the_restart_is_granted_at_once() {
     assert_eq!(starts(&d), 0);
 }
 
+/// A worker that is not Ready serves nothing: stopping it needs no replacement first (an
+/// update rolling Pending pods would otherwise never start).
+#[test]
+fn a_worker_that_is_not_ready_is_restarted_without_waiting_for_a_surge() {
+    let mut idle = using(worker("a"), 850);
+    idle.ready = false;
+    let d = run(&settings(), &obs(vec![idle], 50));
+    assert_eq!(
+        drains(&d),
+        vec![("a".to_owned(), RestartReason::MemorySoft)]
+    );
+    assert_eq!(starts(&d), 1, "its replacement after it");
+}
+
 /// At `maxReplicas` the surge goes past it, by no more than the restarts in progress.
 #[test]
 fn at_max_replicas_the_surge_goes_past_it_by_the_restart_budget() {
