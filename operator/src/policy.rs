@@ -28,8 +28,9 @@
 //!    from an older spec (reason `updated`: a rolling update), take the same path and budget
 //!    as a soft-limit restart.
 //! 5. Surge strictly before stop: a worker restarted for memory, an update or recycling is
-//!    drained only once enough *other* workers are Ready to leave the pool at its desired size
-//!    without it (a worker that is not Ready serves nothing and needs no surge). Until then its replacement is started (a surge: up to `maxReplicas` plus the
+//!    drained only once the pool without it still numbers the desired count and the youngest
+//!    of the others (its replacement) is Ready; a worker that is not Ready serves nothing and
+//!    needs no surge. Until then its replacement is started (a surge: up to `maxReplicas` plus the
 //!    restarts in progress) and the worker keeps working. A hard-limit kill cannot wait: its
 //!    replacement starts after it. With the backlog unknown, there is no desired size to
 //!    surge above: restarts are granted at once and replaced after, as before.
@@ -499,26 +500,31 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
         None => u32::try_from(active).unwrap_or(u32::MAX),
     };
     let desired_us = usize::try_from(desired).unwrap_or(usize::MAX);
-    // A worker that is not Ready serves nothing: stopping it costs no capacity, so it needs
-    // no surge (an update of Pending pods, a worker whose search server is away).
-    let mut spare = if backlog.is_some() {
-        live.iter()
-            .filter(|w| w.ready && !matches!(w.state, WorkerState::Draining(_)))
-            .filter(|w| !removed.contains(&w.name.as_str()))
-            .count()
-            .saturating_sub(desired_us)
-    } else {
-        usize::MAX
-    };
+    // A restart is granted once the pool without the worker still numbers the desired count
+    // and the youngest of the others (its replacement, started for it) is Ready; a worker that
+    // is not Ready serves nothing, so stopping it needs no surge (an update of Pending pods, a
+    // worker whose search server is away). Counting the others rather than their readiness
+    // keeps a crash elsewhere from holding back a restart whose replacement is up.
+    let is_chosen = |w: &Worker| chosen.iter().any(|(c, ..)| c.name == w.name);
+    let mut others: Vec<&Worker> = live
+        .iter()
+        .copied()
+        .filter(|w| !matches!(w.state, WorkerState::Draining(_)))
+        .filter(|w| !removed.contains(&w.name.as_str()))
+        .collect();
+    let replacement_ready = others
+        .iter()
+        .filter(|w| !is_chosen(w))
+        .min_by_key(|w| w.age)
+        .is_none_or(|w| w.ready);
     let mut pending = Vec::new();
-    for (w, reason, memory_bytes, _) in chosen {
-        if w.ready {
-            if spare == 0 {
-                pending.push(w.name.clone());
-                continue;
-            }
-            spare -= 1;
+    for (w, reason, memory_bytes, _) in chosen.iter().copied() {
+        let stays = others.len().saturating_sub(1);
+        if w.ready && backlog.is_some() && !(stays >= desired_us && replacement_ready) {
+            pending.push(w.name.clone());
+            continue;
         }
+        others.retain(|o| o.name != w.name);
         actions.push(Action::Drain {
             worker: w.name.clone(),
             reason,

@@ -361,6 +361,22 @@ fn with_a_spare_ready_worker_the_restart_is_granted_at_once() {
     assert_eq!(starts(&d), 0);
 }
 
+/// Once its replacement is Ready, a restart is not held back by another worker that is not
+/// Ready (killed and restarting, or waiting for the search server): the pool keeps its count.
+#[test]
+fn a_ready_replacement_is_enough_whatever_other_workers_do() {
+    let mut away = aged(worker("b"), 50 * S);
+    away.ready = false;
+    let surge = aged(worker("s"), 5 * S);
+    let d = run(
+        &settings(),
+        &obs(vec![asking(worker("a")), away, surge], 150),
+    );
+    assert_eq!(d.desired, 2);
+    assert_eq!(names(&drains(&d)), ["a"]);
+    assert_eq!(starts(&d), 0);
+}
+
 /// A worker that is not Ready serves nothing: stopping it needs no replacement first (an
 /// update rolling Pending pods would otherwise never start).
 #[test]
