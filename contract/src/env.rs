@@ -25,13 +25,16 @@ pub const MEMORY_LIMIT_BYTES: &str = "MIGRATE_MEMORY_LIMIT_BYTES";
 /// File the worker writes its exit reason to (the operator sets it to the container's
 /// `terminationMessagePath`).
 pub const TERMINATION_LOG: &str = "MIGRATE_TERMINATION_LOG";
+/// Set (to `1`) by a supervisor: at its soft memory line the worker asks for a restart and keeps
+/// working instead of draining itself (see [`crate::restart`]).
+pub const SUPERVISED: &str = "MIGRATE_SUPERVISED";
 
 /// Log format of the worker: `text` (the default; coloured only on a terminal) or `json`, one
 /// object per line (the operator sets it for pods).
 pub const LOG_FORMAT: &str = "MIGRATE_LOG_FORMAT";
 
 /// Every variable above, for tests that compare them with the documentation.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     REDIS_URL,
     MYSQL_URL,
     SEARCH_URL,
@@ -43,6 +46,7 @@ pub const ALL: [&str; 11] = [
     MEMORY_LIMIT_BYTES,
     TERMINATION_LOG,
     LOG_FORMAT,
+    SUPERVISED,
 ];
 
 #[cfg(test)]

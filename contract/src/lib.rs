@@ -9,6 +9,7 @@
 //! | [`env`] | environment variables the supervisor sets and the worker reads |
 //! | [`exit`] | worker exit codes ([`exit::ExitReason`]), restart reasons and the one classifier between them |
 //! | [`metrics`] | the reader of a worker's `/metrics` text and the names read from it |
+//! | [`restart`] | a supervised worker's restart ask at its soft line, and each worker's jittered recycle target |
 //! | [`memory`] | RSS and cgroup memory readers, for a worker's own figures and a supervisor's view of its children |
 //! | [`error`] | the one-line error chain used in logs and messages |
 //!
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod memory;
 pub mod metrics;
 pub mod queue;
+pub mod restart;
 
 pub use error::error_chain;
 pub use keys::Keys;

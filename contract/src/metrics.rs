@@ -27,6 +27,10 @@ pub const TASKS_DONE: &str = "migrate_tasks_done";
 pub const TASKS_TOTAL: &str = "migrate_tasks_total";
 /// `migrate_in_flight`: tasks taken and not yet acknowledged.
 pub const IN_FLIGHT: &str = "migrate_in_flight";
+/// `migrate_restart_requested_timestamp_seconds`: Unix time at which a supervised worker
+/// crossed its soft line and began asking for a restart; 0 while it is not asking (see
+/// [`crate::restart`]).
+pub const RESTART_REQUESTED: &str = "migrate_restart_requested_timestamp_seconds";
 /// `migrate_stage_retained_bytes{stage}`: bytes allocated while a stage ran and not yet freed.
 pub const STAGE_RETAINED_BYTES: &str = "migrate_stage_retained_bytes";
 
@@ -99,6 +103,13 @@ pub fn retained_bytes(values: &HashMap<String, f64>) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// Whether parsed metrics say the worker asks for a restart
+/// ([`RESTART_REQUESTED`] present and above zero).
+#[must_use]
+pub fn restart_requested(values: &HashMap<String, f64>) -> bool {
+    values.get(RESTART_REQUESTED).is_some_and(|v| *v > 0.0)
+}
+
 #[allow(clippy::cast_possible_truncation)] // finite, saturating
 fn saturating_i64(v: f64) -> i64 {
     v.round().clamp(i64::MIN as f64, i64::MAX as f64) as i64
@@ -129,6 +140,17 @@ novalue
         assert_eq!(v[r#"z_bucket{le="+Inf"}"#], 3.0);
         assert!(v["nan"].is_nan());
         assert_eq!(v["neg"], f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn a_restart_is_requested_only_by_a_positive_timestamp() {
+        let asks = |text: &str| restart_requested(&parse_text(text));
+        assert!(asks(
+            "migrate_restart_requested_timestamp_seconds 1765111111\n"
+        ));
+        assert!(!asks("migrate_restart_requested_timestamp_seconds 0\n"));
+        assert!(!asks("migrate_restart_requested_timestamp_seconds NaN\n"));
+        assert!(!asks("migrate_in_flight 3\n"));
     }
 
     /// Retained bytes keep their sign; odd values are left out rather than read as zero.

@@ -15,15 +15,25 @@
 //! 2. Drain mode: once the queue is empty and nothing is in flight for the settle period, the
 //!    job is complete; no new worker starts for an empty queue.
 //! 3. Memory: a fresh reading at or above the hard limit kills the worker at once. At or above
-//!    the soft limit, a worker older than the minimum age is drained gracefully, oldest readings
-//!    first by usage, at most `maxConcurrentRestarts` at a time (draining ones count). When
-//!    every worker is over the soft line the limit is probably too low for the workload rather
-//!    than a leak: that is reported, and restarts still go one budget at a time, never all at
-//!    once. Stale or missing readings are reported and never acted on.
-//! 4. Recycling after N tasks, and replacing a worker started from an older spec (reason
-//!    `updated`: a rolling update), take the same path and budget as a soft-limit drain.
-//! 5. A worker drained for memory, an update or recycling gets its replacement started first, while the
-//!    pool is below `maxReplicas`.
+//!    the soft limit — by the supervisor's reading, or because the worker asks for a restart
+//!    (`migrate_contract::restart`: a supervised worker does not drain itself there) — a worker
+//!    older than the minimum age is restarted gracefully, highest usage first, at most
+//!    `maxConcurrentRestarts` at a time (draining ones and ones waiting for their replacement
+//!    count). When every worker is over the soft line the limit is probably too low for the
+//!    workload rather than a leak: that is reported, and restarts still go one budget at a
+//!    time, never all at once. Stale or missing readings are reported and never acted on (a
+//!    worker's own ask still is).
+//! 4. Recycling after each worker's jittered task count (`migrate_contract::restart::
+//!    recycle_target`, the count the worker itself stops at), and replacing a worker started
+//!    from an older spec (reason `updated`: a rolling update), take the same path and budget
+//!    as a soft-limit restart.
+//! 5. Surge strictly before stop: a worker restarted for memory, an update or recycling is
+//!    drained only once the pool without it still numbers the desired count and the youngest
+//!    of the others (its replacement) is Ready; a worker that is not Ready serves nothing and
+//!    needs no surge. Until then its replacement is started (a surge: up to `maxReplicas` plus the
+//!    restarts in progress) and the worker keeps working. A hard-limit kill cannot wait: its
+//!    replacement starts after it. With the backlog unknown, there is no desired size to
+//!    surge above: restarts are granted at once and replaced after, as before.
 //! 6. Scale: desired = `spec.replicas` with `spec.autoscaling: External`, else (Backlog)
 //!    clamp(ceil(backlog / target), min, max).
 //!    Scale up at once; scale down (backlog-based only) after the stabilization window, idle
@@ -34,6 +44,7 @@ use std::time::Duration;
 pub use migrate_contract::exit::{ExitReason, ExitStatus, RestartReason, classify_exit};
 /// The queue, as read from Redis (the contract's type: the policy reads what the queue reports).
 pub use migrate_contract::queue::Backlog;
+use migrate_contract::restart::recycle_target;
 use migrate_crds::memory::{Threshold, ThresholdError};
 use migrate_crds::validate::container_memory_limit;
 use migrate_crds::{MigrateJobSpec, Mode};
@@ -87,6 +98,9 @@ pub struct Worker {
     /// Started from an older spec than the job's current one: it is drained and replaced
     /// (reason `updated`), at most `memory.maxConcurrentRestarts` at a time.
     pub outdated: bool,
+    /// It crossed its soft line and asks for a restart
+    /// (`migrate_restart_requested_timestamp_seconds` above zero).
+    pub asks_restart: bool,
 }
 
 /// Everything the policy looks at.
@@ -123,6 +137,11 @@ pub enum Report {
     },
     /// Workers over their soft limit wait because the restart budget is used.
     RestartsThrottled {
+        /// Workers waiting.
+        waiting: Vec<String>,
+    },
+    /// Workers to be restarted keep working until their replacements are Ready.
+    AwaitingReplacement {
         /// Workers waiting.
         waiting: Vec<String>,
     },
@@ -237,8 +256,10 @@ pub struct Settings {
     pub min_age: Duration,
     /// Readings older than this are not acted on.
     pub stale_after: Duration,
-    /// Recycle after this many tasks.
+    /// Recycle after about this many tasks.
     pub recycle_after_tasks: Option<u64>,
+    /// Spread of the recycle count per worker, in percent either way.
+    pub recycle_jitter_percent: u32,
     /// Whether memory.soft and memory.hard restart workers; off only under
     /// `testOnly.noMemoryRestarts`.
     pub memory_restarts: bool,
@@ -270,6 +291,7 @@ impl Settings {
             min_age: Duration::from_secs(u64::from(m.min_worker_age_seconds)),
             stale_after: Duration::from_secs(u64::from(m.stale_after_seconds)),
             recycle_after_tasks: w.recycle_after_tasks,
+            recycle_jitter_percent: w.recycle_jitter_percent,
             memory_restarts: !spec
                 .test_only
                 .as_ref()
@@ -367,49 +389,55 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
             continue;
         }
         active += 1;
-        let Some(reading) = w.memory else {
-            if w.age > settings.stale_after {
-                actions.push(Action::Report(Report::MissingReading {
+        // A worker's own ask is acted on whatever the supervisor's reading: the worker compares
+        // its own figure, fresh, every `checkIntervalMs`.
+        let asks = settings.memory_restarts && w.asks_restart;
+        let reading = match w.memory {
+            None => {
+                if w.age > settings.stale_after {
+                    actions.push(Action::Report(Report::MissingReading {
+                        worker: w.name.clone(),
+                    }));
+                }
+                None
+            }
+            Some(reading) if reading.age > settings.stale_after => {
+                actions.push(Action::Report(Report::StaleReading {
                     worker: w.name.clone(),
+                    age: reading.age,
                 }));
+                if !asks {
+                    continue;
+                }
+                None
             }
-            if let Some(c) = routine_candidate(settings, w) {
-                candidates.push(c);
-            }
-            continue;
+            Some(reading) => Some(reading),
         };
-        if reading.age > settings.stale_after {
-            actions.push(Action::Report(Report::StaleReading {
-                worker: w.name.clone(),
-                age: reading.age,
-            }));
-            continue;
-        }
-        let (soft, hard) = settings.limits_for(&reading);
         if !settings.memory_restarts {
             if let Some(c) = routine_candidate(settings, w) {
                 candidates.push(c);
             }
             continue;
         }
-        if hard.is_some_and(|h| reading.usage_bytes >= h) {
-            actions.push(Action::Kill {
-                worker: w.name.clone(),
-                reason: RestartReason::MemoryHard,
-                memory_bytes: Some(reading.usage_bytes),
-            });
-            removed.push(&w.name);
-            continue;
+        let mut over = asks;
+        if let Some(reading) = reading {
+            let (soft, hard) = settings.limits_for(&reading);
+            if hard.is_some_and(|h| reading.usage_bytes >= h) {
+                actions.push(Action::Kill {
+                    worker: w.name.clone(),
+                    reason: RestartReason::MemoryHard,
+                    memory_bytes: Some(reading.usage_bytes),
+                });
+                removed.push(&w.name);
+                continue;
+            }
+            over |= soft.is_some_and(|s| reading.usage_bytes >= s);
         }
-        if soft.is_some_and(|s| reading.usage_bytes >= s) {
+        if over {
             over_soft += 1;
             if w.age >= settings.min_age {
-                candidates.push((
-                    w,
-                    RestartReason::MemorySoft,
-                    Some(reading.usage_bytes),
-                    reading.usage_bytes,
-                ));
+                let usage = reading.map(|r| r.usage_bytes);
+                candidates.push((w, RestartReason::MemorySoft, usage, usage.unwrap_or(0)));
             }
             continue;
         }
@@ -447,12 +475,56 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
         .unwrap_or(usize::MAX)
         .saturating_sub(restarting);
     let mut waiting = Vec::new();
-    for (w, reason, memory_bytes, _) in candidates {
+    let mut chosen = Vec::new();
+    for candidate in candidates {
         if budget == 0 {
-            waiting.push(w.name.clone());
+            waiting.push(candidate.0.name.clone());
             continue;
         }
         budget -= 1;
+        chosen.push(candidate);
+    }
+    if !waiting.is_empty() {
+        actions.push(Action::Report(Report::RestartsThrottled { waiting }));
+    }
+
+    // 5. Surge before stop: grant a restart only while the Ready workers left without it still
+    // number the desired count (the replacement counts once Ready); the others wait, working,
+    // for a replacement started below.
+    let backlog = obs
+        .backlog
+        .or(settings.replicas_override.map(|_| Backlog::default()));
+    let desired = match backlog {
+        Some(_) if state.config_error => 0,
+        Some(b) => settings.desired_for(b),
+        None => u32::try_from(active).unwrap_or(u32::MAX),
+    };
+    let desired_us = usize::try_from(desired).unwrap_or(usize::MAX);
+    // A restart is granted once the pool without the worker still numbers the desired count
+    // and the youngest of the others (its replacement, started for it) is Ready; a worker that
+    // is not Ready serves nothing, so stopping it needs no surge (an update of Pending pods, a
+    // worker whose search server is away). Counting the others rather than their readiness
+    // keeps a crash elsewhere from holding back a restart whose replacement is up.
+    let is_chosen = |w: &Worker| chosen.iter().any(|(c, ..)| c.name == w.name);
+    let mut others: Vec<&Worker> = live
+        .iter()
+        .copied()
+        .filter(|w| !matches!(w.state, WorkerState::Draining(_)))
+        .filter(|w| !removed.contains(&w.name.as_str()))
+        .collect();
+    let replacement_ready = others
+        .iter()
+        .filter(|w| !is_chosen(w))
+        .min_by_key(|w| w.age)
+        .is_none_or(|w| w.ready);
+    let mut pending = Vec::new();
+    for (w, reason, memory_bytes, _) in chosen.iter().copied() {
+        let stays = others.len().saturating_sub(1);
+        if w.ready && backlog.is_some() && !(stays >= desired_us && replacement_ready) {
+            pending.push(w.name.clone());
+            continue;
+        }
+        others.retain(|o| o.name != w.name);
         actions.push(Action::Drain {
             worker: w.name.clone(),
             reason,
@@ -460,22 +532,22 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
         });
         removed.push(&w.name);
     }
-    if !waiting.is_empty() {
-        actions.push(Action::Report(Report::RestartsThrottled { waiting }));
+    let surge = pending.len();
+    if !pending.is_empty() {
+        actions.push(Action::Report(Report::AwaitingReplacement {
+            waiting: pending,
+        }));
     }
 
-    // 5 and 6. Replacements and scale. Draining workers still hold their slot until they
-    // exit, so a replacement starts first only while the pool is below its cap.
+    // 6. Scale, and the replacements of this round's kills and of the restarts waiting above.
+    // Draining workers still hold their slot until they exit.
     let killed = actions
         .iter()
         .filter(|a| matches!(a, Action::Kill { .. }))
         .count();
     let live_after = live.len() - killed;
     let active_after = active - removed.len();
-    let Some(backlog) = obs
-        .backlog
-        .or(settings.replicas_override.map(|_| Backlog::default()))
-    else {
+    if backlog.is_none() {
         actions.push(Action::Report(Report::BacklogUnknown));
         // Keep the pool as it is: replace what this round removed, within the cap.
         let cap = usize::try_from(settings.max_replicas).unwrap_or(usize::MAX);
@@ -485,33 +557,29 @@ pub fn decide(settings: &Settings, obs: &Observations, previous: &PolicyState) -
                 count: u32::try_from(start).unwrap_or(u32::MAX),
             });
         }
-        let desired = u32::try_from(active).unwrap_or(u32::MAX);
         return Decision {
             actions,
             desired,
             state,
         };
-    };
-    let desired = if state.config_error {
-        0
-    } else {
-        settings.desired_for(backlog)
-    };
-    let desired_us = usize::try_from(desired).unwrap_or(usize::MAX);
-    let cap = usize::try_from(settings.max_replicas.max(desired)).unwrap_or(usize::MAX);
-    if desired_us > active_after {
+    }
+    // Workers waiting for their replacement are wanted on top of the desired count, and may
+    // take the pool past `maxReplicas` by that many (at most the restart budget).
+    let target = desired_us + surge;
+    let cap = usize::try_from(settings.max_replicas.max(desired)).unwrap_or(usize::MAX) + surge;
+    if target > active_after {
         state.scale_down_since = None;
-        let start = (desired_us - active_after).min(cap.saturating_sub(live_after));
+        let start = (target - active_after).min(cap.saturating_sub(live_after));
         if start > 0 {
             actions.push(Action::Start {
                 count: u32::try_from(start).unwrap_or(u32::MAX),
             });
         }
-    } else if desired_us < active_after {
+    } else if target < active_after {
         let immediate = settings.replicas_override.is_some();
         let since = *state.scale_down_since.get_or_insert(now);
         if immediate || now.saturating_sub(since) >= settings.scale_down_window {
-            let excess = active_after - desired_us;
+            let excess = active_after - target;
             let mut pool: Vec<&Worker> = live
                 .iter()
                 .copied()
@@ -570,7 +638,11 @@ fn recycle_candidate<'a>(
     settings: &Settings,
     w: &'a Worker,
 ) -> Option<(&'a Worker, RestartReason, Option<u64>, u64)> {
-    let limit = settings.recycle_after_tasks?;
+    let limit = recycle_target(
+        &w.name,
+        settings.recycle_after_tasks?,
+        settings.recycle_jitter_percent,
+    );
     (w.tasks_done >= limit).then(|| {
         (
             w,

@@ -20,6 +20,7 @@ fn settings() -> Settings {
         min_age: 10 * S,
         stale_after: 10 * S,
         recycle_after_tasks: None,
+        recycle_jitter_percent: 0,
         memory_restarts: true,
     }
 }
@@ -38,6 +39,7 @@ fn worker(name: &str) -> Worker {
             age: S,
         }),
         outdated: false,
+        asks_restart: false,
     }
 }
 
@@ -111,6 +113,50 @@ fn reports(d: &Decision) -> Vec<&Report> {
             _ => None,
         })
         .collect()
+}
+
+/// Workers waiting, working, for their replacement to be Ready.
+fn awaiting(d: &Decision) -> Vec<&str> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Report(Report::AwaitingReplacement { waiting }) => Some(waiting),
+            _ => None,
+        })
+        .flatten()
+        .map(String::as_str)
+        .collect()
+}
+
+/// Workers whose restart this round decided: drained now, or waiting for a replacement.
+fn chosen(d: &Decision) -> Vec<&str> {
+    let mut all: Vec<&str> = d
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Drain { worker, reason, .. } if *reason != RestartReason::ScaledDown => {
+                Some(worker.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    all.extend(awaiting(d));
+    all
+}
+
+fn asking(mut w: Worker) -> Worker {
+    w.asks_restart = true;
+    w
+}
+
+fn starting(name: &str) -> Worker {
+    Worker {
+        state: WorkerState::Starting,
+        ready: false,
+        age: S,
+        memory: None,
+        ..worker(name)
+    }
 }
 
 fn names(list: &[(String, RestartReason)]) -> Vec<&str> {
@@ -272,36 +318,145 @@ fn a_scale_override_wins_and_applies_at_once() {
     assert_eq!(starts(&d), 5, "the override may exceed maxReplicas");
 }
 
+/// Surge strictly before stop: a worker over soft keeps working while its replacement starts
+/// and becomes Ready, and is drained only then; nothing more starts meanwhile.
 #[test]
-fn over_the_soft_limit_a_replacement_starts_before_the_drain() {
-    let d = run(&settings(), &obs(vec![using(worker("a"), 850)], 50));
+fn over_the_soft_limit_the_worker_is_drained_only_once_its_replacement_is_ready() {
+    let s = settings();
+    // Round 1: the pool is at its desired size (1): a replacement starts, nothing stops.
+    let d = run(&s, &obs(vec![using(worker("a"), 850)], 50));
+    assert_eq!(d.desired, 1);
+    assert_eq!(starts(&d), 1);
+    assert!(drains(&d).is_empty(), "{:?}", d.actions);
+    assert_eq!(awaiting(&d), ["a"]);
+    // Round 2: the replacement is not Ready yet: still nothing stops, nothing more starts.
+    let d = run(&s, &obs(vec![using(worker("a"), 870), starting("n")], 50));
+    assert_eq!(starts(&d), 0, "{:?}", d.actions);
+    assert!(drains(&d).is_empty(), "{:?}", d.actions);
+    assert_eq!(awaiting(&d), ["a"]);
+    // Round 3: the replacement is Ready: now the old worker is drained, and nothing starts or
+    // is scaled down in its place.
+    let d = run(&s, &obs(vec![using(worker("a"), 880), worker("n")], 50));
     assert_eq!(
         drains(&d),
         vec![("a".to_owned(), RestartReason::MemorySoft)]
     );
-    assert_eq!(starts(&d), 1);
-    let start_at = d
-        .actions
-        .iter()
-        .position(|a| matches!(a, Action::Start { .. }));
-    let drain_at = d
-        .actions
-        .iter()
-        .position(|a| matches!(a, Action::Drain { .. }));
-    assert!(drain_at.is_some() && start_at.is_some());
+    assert_eq!(starts(&d), 0);
+    assert!(awaiting(&d).is_empty());
+    // Round 4: while it drains, the pool is whole.
+    let mut draining = using(worker("a"), 880);
+    draining.state = WorkerState::Draining(RestartReason::MemorySoft);
+    let d = run(&s, &obs(vec![draining, worker("n")], 50));
+    assert!(drains(&d).is_empty() && starts(&d) == 0, "{:?}", d.actions);
 }
 
+/// With spare Ready workers (the backlog wants fewer than run), the restart needs no surge.
 #[test]
-fn at_max_replicas_the_replacement_waits_for_the_drained_worker() {
+fn with_a_spare_ready_worker_the_restart_is_granted_at_once() {
+    let d = run(
+        &settings(),
+        &obs(vec![using(worker("a"), 850), worker("b")], 50),
+    );
+    assert_eq!(names(&drains(&d)), ["a"]);
+    assert_eq!(starts(&d), 0);
+}
+
+/// Once its replacement is Ready, a restart is not held back by another worker that is not
+/// Ready (killed and restarting, or waiting for the search server): the pool keeps its count.
+#[test]
+fn a_ready_replacement_is_enough_whatever_other_workers_do() {
+    let mut away = aged(worker("b"), 50 * S);
+    away.ready = false;
+    let surge = aged(worker("s"), 5 * S);
+    let d = run(
+        &settings(),
+        &obs(vec![asking(worker("a")), away, surge], 150),
+    );
+    assert_eq!(d.desired, 2);
+    assert_eq!(names(&drains(&d)), ["a"]);
+    assert_eq!(starts(&d), 0);
+}
+
+/// A worker that is not Ready serves nothing: stopping it needs no replacement first (an
+/// update rolling Pending pods would otherwise never start).
+#[test]
+fn a_worker_that_is_not_ready_is_restarted_without_waiting_for_a_surge() {
+    let mut idle = using(worker("a"), 850);
+    idle.ready = false;
+    let d = run(&settings(), &obs(vec![idle], 50));
+    assert_eq!(
+        drains(&d),
+        vec![("a".to_owned(), RestartReason::MemorySoft)]
+    );
+    assert_eq!(starts(&d), 1, "its replacement after it");
+}
+
+/// At `maxReplicas` the surge goes past it, by no more than the restarts in progress.
+#[test]
+fn at_max_replicas_the_surge_goes_past_it_by_the_restart_budget() {
     let workers = vec![
         using(worker("a"), 850),
-        worker("b"),
+        using(worker("b"), 860),
         worker("c"),
         worker("d"),
     ];
     let d = run(&settings(), &obs(workers, 100_000));
-    assert_eq!(names(&drains(&d)), ["a"]);
-    assert_eq!(starts(&d), 0, "4 workers alive, max is 4");
+    assert_eq!(d.desired, 4);
+    assert!(drains(&d).is_empty());
+    assert_eq!(starts(&d), 1, "one surge: maxConcurrentRestarts is 1");
+    assert_eq!(awaiting(&d), ["b"]);
+}
+
+/// A supervised worker asks at its soft line instead of draining itself; the policy acts on
+/// the ask even when its own reading is below soft or stale, and still within the minimum age
+/// and only while memory restarts are on.
+#[test]
+fn a_worker_asking_for_a_restart_is_restarted_like_one_over_soft() {
+    let s = settings();
+    let d = run(&s, &obs(vec![asking(worker("a")), worker("b")], 50));
+    assert_eq!(
+        drains(&d),
+        vec![("a".to_owned(), RestartReason::MemorySoft)]
+    );
+    let mut stale = asking(worker("a"));
+    if let Some(m) = stale.memory.as_mut() {
+        m.age = 30 * S;
+    }
+    let d = run(&s, &obs(vec![stale, worker("b")], 50));
+    assert_eq!(
+        names(&drains(&d)),
+        ["a"],
+        "the ask is the worker's own reading"
+    );
+    let mut unread = asking(worker("a"));
+    unread.memory = None;
+    assert_eq!(chosen(&run(&s, &obs(vec![unread], 50))), ["a"]);
+    let young = aged(asking(worker("a")), 5 * S);
+    assert!(chosen(&run(&s, &obs(vec![young, worker("b")], 50))).is_empty());
+    let off = Settings {
+        memory_restarts: false,
+        ..settings()
+    };
+    assert!(chosen(&run(&off, &obs(vec![asking(worker("a")), worker("b")], 50))).is_empty());
+    // Over the hard line the ask does not matter: killed at once.
+    let d = run(&s, &obs(vec![asking(using(worker("a"), 950))], 50));
+    assert_eq!(kills(&d), vec![("a".to_owned(), RestartReason::MemoryHard)]);
+}
+
+/// Many workers asking at once is no restart storm: one surge and one restart per budget.
+#[test]
+fn many_workers_asking_at_once_restart_one_budget_at_a_time() {
+    let workers: Vec<Worker> = ["a", "b", "c", "d"]
+        .into_iter()
+        .map(|n| asking(worker(n)))
+        .collect();
+    let d = run(&settings(), &obs(workers, 400));
+    assert!(drains(&d).is_empty());
+    assert_eq!(starts(&d), 1);
+    assert_eq!(chosen(&d).len(), 1);
+    assert!(reports(&d).contains(&&Report::RestartsThrottled {
+        waiting: vec!["b".to_owned(), "c".to_owned(), "d".to_owned()]
+    }));
 }
 
 #[test]
@@ -377,7 +532,7 @@ fn thresholds_apply_in_percent_and_in_bytes() {
             m.limit_bytes = limit;
         }
         let d = run(&s, &obs(vec![w], 50));
-        assert_eq!(!drains(&d).is_empty(), drain, "{soft} {hard} usage {usage}");
+        assert_eq!(!chosen(&d).is_empty(), drain, "{soft} {hard} usage {usage}");
         assert_eq!(!kills(&d).is_empty(), kill, "{soft} {hard} usage {usage}");
     }
 }
@@ -427,7 +582,7 @@ fn young_workers_are_not_drained_for_the_soft_limit() {
         &settings(),
         &obs(vec![aged(using(worker("a"), 850), 5 * S)], 50),
     );
-    assert!(drains(&d).is_empty());
+    assert!(chosen(&d).is_empty());
 }
 
 #[test]
@@ -438,11 +593,7 @@ fn memory_restarts_respect_the_concurrency_limit() {
         using(worker("c"), 100),
     ];
     let d = run(&settings(), &obs(workers, 250));
-    assert_eq!(
-        names(&drains(&d)),
-        ["b"],
-        "highest usage first, one at a time"
-    );
+    assert_eq!(chosen(&d), ["b"], "highest usage first, one at a time");
     assert!(reports(&d).contains(&&Report::RestartsThrottled {
         waiting: vec!["a".to_owned()]
     }));
@@ -456,7 +607,7 @@ fn memory_restarts_respect_the_concurrency_limit() {
         using(worker("b"), 880),
         using(worker("c"), 100),
     ];
-    assert_eq!(names(&drains(&run(&two, &obs(workers, 250)))), ["b", "a"]);
+    assert_eq!(chosen(&run(&two, &obs(workers, 250))), ["b", "a"]);
 }
 
 #[test]
@@ -482,7 +633,7 @@ fn every_worker_over_the_line_is_reported_not_restarted_at_once() {
     ];
     let d = run(&settings(), &obs(workers, 300));
     assert!(reports(&d).contains(&&Report::AllOverSoftLimit { workers: 3 }));
-    assert_eq!(drains(&d).len(), 1, "no restart storm");
+    assert_eq!(chosen(&d).len(), 1, "no restart storm");
 }
 
 #[test]
@@ -523,9 +674,38 @@ fn recycling_after_n_tasks_takes_the_memory_path() {
     w.tasks_done = 1000;
     let mut fresh = worker("b");
     fresh.tasks_done = 999;
-    let d = run(&s, &obs(vec![w, fresh], 150));
+    let d = run(&s, &obs(vec![w.clone(), fresh.clone()], 150));
+    assert_eq!(chosen(&d), ["a"]);
+    assert_eq!(starts(&d), 1, "its replacement first");
+    let d = run(&s, &obs(vec![w, fresh], 50));
     assert_eq!(drains(&d), vec![("a".to_owned(), RestartReason::Recycled)]);
-    assert_eq!(starts(&d), 1);
+    assert_eq!(starts(&d), 0, "a spare worker is Ready");
+}
+
+/// The operator recycles each worker at the jittered count that worker stops at itself, not at
+/// the bare `recycleAfterTasks`: otherwise the jitter does nothing.
+#[test]
+fn recycling_honours_each_workers_jittered_count() {
+    let s = Settings {
+        recycle_after_tasks: Some(1000),
+        recycle_jitter_percent: 10,
+        ..settings()
+    };
+    let name = (0..)
+        .map(|i| format!("job-worker-{i}"))
+        .find(|n| recycle_target(n, 1000, 10) > 1000)
+        .unwrap();
+    let target = recycle_target(&name, 1000, 10);
+    let mut w = worker(&name);
+    w.tasks_done = 1000;
+    let d = run(&s, &obs(vec![w.clone(), worker("spare")], 50));
+    assert!(
+        chosen(&d).is_empty(),
+        "recycled at 1000, its target is {target}"
+    );
+    w.tasks_done = target;
+    let d = run(&s, &obs(vec![w, worker("spare")], 50));
+    assert_eq!(drains(&d), vec![(name, RestartReason::Recycled)]);
 }
 
 #[test]
@@ -541,12 +721,18 @@ fn a_spec_change_rolls_outdated_workers_one_budget_at_a_time_memory_first() {
         &settings(),
         &obs(vec![outdated("a"), outdated("b"), worker("c")], 250),
     );
-    assert_eq!(drains(&d), vec![("a".to_owned(), RestartReason::Updated)]);
+    assert_eq!(chosen(&d), ["a"]);
+    assert!(drains(&d).is_empty(), "the replacement is Ready first");
     assert_eq!(starts(&d), 1, "the replacement starts first");
     assert!(d.actions.iter().any(|a| matches!(
         a,
         Action::Report(Report::RestartsThrottled { waiting }) if waiting == &vec!["b".to_owned()]
     )));
+    let d = run(
+        &settings(),
+        &obs(vec![outdated("a"), outdated("b"), worker("c")], 150),
+    );
+    assert_eq!(drains(&d), vec![("a".to_owned(), RestartReason::Updated)]);
     // A worker draining for the update holds the budget.
     let mut draining = outdated("a");
     draining.state = WorkerState::Draining(RestartReason::Updated);
@@ -560,10 +746,7 @@ fn a_spec_change_rolls_outdated_workers_one_budget_at_a_time_memory_first() {
         &settings(),
         &obs(vec![outdated("a"), using(worker("b"), 850)], 150),
     );
-    assert_eq!(
-        drains(&d),
-        vec![("b".to_owned(), RestartReason::MemorySoft)]
-    );
+    assert_eq!(chosen(&d), ["b"]);
 }
 
 #[test]

@@ -130,6 +130,10 @@ pub struct CheckArgs {
         value_name = "BYTES"
     )]
     pub memory_limit_bytes: Option<String>,
+    /// Set by a supervisor (`1`): at the soft memory line, ask it for a restart and keep
+    /// working instead of draining at once.
+    #[arg(long, env = env::SUPERVISED, value_name = "1|0", hide = true)]
+    pub supervised: Option<String>,
 }
 
 impl fmt::Debug for EnvArgs {
@@ -147,6 +151,7 @@ impl fmt::Debug for EnvArgs {
             .field("keywords_dir", &self.keywords_dir)
             .field("listen", &self.listen)
             .field("memory_limit_bytes", &self.memory_limit_bytes)
+            .field("supervised", &self.supervised)
             .finish()
     }
 }
@@ -217,6 +222,9 @@ pub struct WorkerConfig {
     pub listen: SocketAddr,
     /// Memory limit override in bytes.
     pub memory_limit_bytes: Option<u64>,
+    /// A supervisor grants this worker's restarts: at the soft line it asks instead of
+    /// draining itself (`migrate_contract::restart`).
+    pub supervised: bool,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -381,6 +389,7 @@ impl WorkerConfig {
             keywords_dir: env.keywords_dir,
             listen,
             memory_limit_bytes,
+            supervised: migrate_contract::restart::is_supervised(env.supervised.as_deref()),
         })
     }
 }
@@ -408,6 +417,7 @@ mod tests {
             keywords_dir: PathBuf::from("/tmp/kw"),
             listen: None,
             memory_limit_bytes: None,
+            supervised: None,
         }
     }
 

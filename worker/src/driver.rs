@@ -29,9 +29,10 @@
 //!   body. Each item's result then ends its task: indexed → ack with its keyword counts,
 //!   rejected → dead letter at stage `sink`, failed → retry; the acks of one response go to
 //!   Redis in one script call.
-//! - **Stopping.** SIGTERM, the recycle count, the soft memory level, or an empty queue in drain
-//!   mode stop the taking; tasks in flight finish, the last batch is sent and acknowledged, and
-//!   the process exits with the matching [`ExitReason`] within
+//! - **Stopping.** SIGTERM, the recycle count, the soft memory level (unless supervised: then
+//!   the worker asks its supervisor for a restart and works on until it is granted, see
+//!   `migrate_contract::restart`), or an empty queue in drain mode stop the taking; tasks in
+//!   flight finish, the last batch is sent and acknowledged, and the process exits with the matching [`ExitReason`] within
 //!   `workers.terminationGracePeriodSeconds`. Past that, or at the hard memory level (at once),
 //!   unfinished ids stay in the processing list; on every exit but the hard one the worker
 //!   puts them back into the queue itself.
@@ -47,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use migrate_contract::error_chain;
 use migrate_contract::keys::stat;
+use migrate_contract::restart::recycle_target;
 use migrate_crds::{MissingRowPolicy, Mode};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -135,24 +137,6 @@ pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
         token.cancel();
     });
     Ok(())
-}
-
-/// The recycle count of this process: `after` spread by up to `jitter_percent` either way.
-#[must_use]
-pub fn recycle_target(after: u64, jitter_percent: u32) -> u64 {
-    let jitter = f64::from(jitter_percent.min(100)) / 100.0;
-    let factor = if jitter > 0.0 {
-        1.0 + rand::random_range(-jitter..=jitter)
-    } else {
-        1.0
-    };
-    #[allow(
-        clippy::cast_precision_loss,
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss
-    )]
-    let target = ((after as f64) * factor).round() as u64;
-    target.max(1)
 }
 
 /// Bytes deliberately leaked by the test-only knob, kept alive until the process exits.
@@ -269,6 +253,10 @@ struct Shared {
     on_missing_row: MissingRowPolicy,
     leak: Option<(Stage, u64)>,
     recycle_at: Option<u64>,
+    /// A supervisor grants restarts: the soft line asks for one instead of stopping.
+    supervised: bool,
+    /// Set once the soft line was crossed while supervised: the restart is asked for.
+    asking: AtomicBool,
 
     queue: Queue,
     source: Source,
@@ -508,9 +496,11 @@ impl Worker {
         }
 
         let workers = &spec.workers;
+        // The supervisor computes the same target from the same id, so it neither drains this
+        // worker early nor waits for it past its count.
         let recycle_at = workers
             .recycle_after_tasks
-            .map(|n| recycle_target(n, workers.recycle_jitter_percent));
+            .map(|n| recycle_target(&config.worker_id, n, workers.recycle_jitter_percent));
         if let Some(n) = recycle_at {
             info!(
                 tasks = n,
@@ -530,6 +520,8 @@ impl Worker {
             on_missing_row: spec.source.on_missing_row,
             leak,
             recycle_at,
+            supervised: config.supervised,
+            asking: AtomicBool::new(false),
             queue,
             source,
             enricher,
@@ -1318,6 +1310,21 @@ async fn watch_memory(
         match state.level {
             _ if !restarts => {}
             Level::Ok => {}
+            Level::Soft if shared.supervised => {
+                // Keep working, and ready: the supervisor starts a replacement first and grants
+                // the restart within its budget. The hard line remains this worker's own stop.
+                if !shared.asking.swap(true, Ordering::AcqRel) {
+                    let since = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |d| d.as_secs());
+                    shared.metrics.request_restart(since);
+                    warn!(
+                        usage = state.usage,
+                        soft = ?state.soft,
+                        "Memory above the soft threshold: asking the supervisor for a restart, working on until it grants one."
+                    );
+                }
+            }
             Level::Soft => {
                 if !shared.stop_taking.is_cancelled() {
                     shared.stop(
@@ -1459,16 +1466,6 @@ mod tests {
         held.remove(third);
         assert_eq!(held.oldest_age(now), Duration::ZERO);
         assert!(held.since.is_empty());
-    }
-
-    #[test]
-    fn recycle_targets_stay_within_the_jitter() {
-        for _ in 0..200 {
-            let t = recycle_target(1_000, 10);
-            assert!((900..=1_100).contains(&t), "{t}");
-        }
-        assert_eq!(recycle_target(1_000, 0), 1_000);
-        assert_eq!(recycle_target(1, 50), 1);
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub struct WorkerMetrics {
     soft_limit: Gauge,
     usage: Gauge,
     usage_source: Family<Label, Gauge>,
+    restart_requested: Gauge,
     retained: Family<Label, Gauge>,
     queue_lag: Gauge<f64, AtomicU64>,
 }
@@ -109,6 +110,7 @@ impl WorkerMetrics {
         let soft_limit = Gauge::default();
         let usage = Gauge::default();
         let usage_source = Family::<Label, Gauge>::default();
+        let restart_requested = Gauge::default();
         let retained = Family::<Label, Gauge>::default();
         let queue_lag = Gauge::<f64, AtomicU64>::default();
 
@@ -171,8 +173,13 @@ impl WorkerMetrics {
         );
         registry.register(
             "migrate_memory_soft_limit_bytes",
-            "Usage above which the worker drains itself (0 when unknown)",
+            "Usage above which the worker drains itself, or asks its supervisor for a restart when supervised (0 when unknown)",
             soft_limit.clone(),
+        );
+        registry.register(
+            "migrate_restart_requested_timestamp_seconds",
+            "Unix time at which this supervised worker crossed its soft memory line and began asking its supervisor for a restart (it keeps working until granted); 0 while it is not asking",
+            restart_requested.clone(),
         );
         registry.register(
             "migrate_stage_retained_bytes",
@@ -214,6 +221,7 @@ impl WorkerMetrics {
             soft_limit,
             usage,
             usage_source,
+            restart_requested,
             retained,
             queue_lag,
         }
@@ -288,6 +296,13 @@ impl WorkerMetrics {
         }
     }
 
+    /// Says that this worker asks for a restart since `unix_seconds` (see
+    /// `migrate_contract::restart`).
+    pub fn request_restart(&self, unix_seconds: u64) {
+        self.restart_requested
+            .set(saturating_i64(unix_seconds.max(1)));
+    }
+
     /// Reads RSS, the cgroup's usage and the memory figure now and sets their gauges (the
     /// limits stay as the last [`WorkerMetrics::set_memory`] left them). Reads a few small
     /// `/proc`/`/sys` files.
@@ -336,7 +351,7 @@ mod tests {
     use crate::memory::Level;
 
     /// Every worker metric named in the architecture page, as exposed.
-    const DOCUMENTED: [&str; 14] = [
+    const DOCUMENTED: [&str; 15] = [
         "migrate_tasks_total",
         "migrate_stage_seconds",
         "migrate_in_flight",
@@ -351,6 +366,7 @@ mod tests {
         "migrate_memory_soft_limit_bytes",
         "migrate_memory_usage_bytes",
         "migrate_memory_usage_source",
+        "migrate_restart_requested_timestamp_seconds",
     ];
 
     fn sample_names(text: &str) -> Vec<String> {

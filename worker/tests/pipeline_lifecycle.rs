@@ -1,6 +1,7 @@
 //! How a worker ends its own life, against the real testbed: recycled after its task count
 //! (exit 12), drained at the soft memory level (exit 10), stopped at once at the hard level
-//! (exit 11) — each without losing an id.
+//! (exit 11) — each without losing an id; and how a supervised worker, at the soft level, asks
+//! for its restart and works on until it is granted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use migrate_crds::TestOnlySpec;
 use migrate_worker::exit::ExitReason;
-use pipeline_support::Job;
+use pipeline_support::{Job, wait_for};
 
 /// Takes 2,000 ids of the shared data set.
 async fn job(prefix: &str) -> (Job, Vec<u64>) {
@@ -94,6 +95,71 @@ async fn a_leaking_worker_drains_itself_at_the_soft_memory_level() {
     assert!(
         (10..2_000).contains(&finished),
         "{finished} tasks finished before the soft level"
+    );
+    job.cleanup().await;
+}
+
+/// Under a supervisor (`MIGRATE_SUPERVISED=1`) the soft level is a request, not a stop: the
+/// worker says so on `/metrics`, stays ready and keeps finishing tasks; the supervisor's
+/// SIGTERM (the grant) then drains it without losing an id. Without this, every leaking worker
+/// would stop at once, whatever the supervisor's restart budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervised_worker_asks_at_the_soft_level_and_works_on_until_granted() {
+    let (mut job, ids) = job("ask").await;
+    job.spec.workers.concurrency = 4;
+    job.spec.memory.soft = "200Mi".to_owned();
+    job.spec.memory.hard = "900Mi".to_owned();
+    job.spec.memory.check_interval_ms = 100;
+    job.spec.test_only = Some(TestOnlySpec {
+        leak_bytes_per_task: 1 << 20,
+        leak_stage: "keywords".to_owned(),
+        no_memory_restarts: false,
+    });
+    let mut worker = job.spawn_supervised("w1");
+    let asked = wait_for("the restart request", Duration::from_secs(60), || async {
+        let m = worker.metrics().await?;
+        let since = m
+            .get("migrate_restart_requested_timestamp_seconds")
+            .copied()?;
+        let done = m.get("migrate_tasks_done").copied()?;
+        (since > 0.0).then_some(done)
+    })
+    .await;
+    // Past the ask: more tasks finish, /readyz stays 200, the process stays up.
+    wait_for(
+        "tasks finished after the ask",
+        Duration::from_secs(60),
+        || async {
+            let m = worker.metrics().await?;
+            (m.get("migrate_tasks_done").copied()? >= asked + 30.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        worker.readyz().await,
+        Some(200),
+        "an asking worker stays ready"
+    );
+    assert_eq!(worker.has_exited(), None, "log:\n{}", worker.log_tail(30));
+    assert!(
+        worker
+            .log_text()
+            .contains("asking the supervisor for a restart")
+    );
+    // The grant: a graceful stop, which finishes what it holds.
+    worker.signal(nix::sys::signal::Signal::SIGTERM);
+    let code = worker.exit_code(Duration::from_secs(60)).await;
+    assert_eq!(
+        code,
+        ExitReason::Drained.code(),
+        "log:\n{}",
+        worker.log_tail(30)
+    );
+    let (finished, held) = assert_nothing_lost(&job, &ids, "w1").await;
+    assert_eq!(held, 0, "a granted stop finishes what it holds");
+    assert!(
+        finished as f64 >= asked + 30.0,
+        "{finished} finished, asked at {asked}"
     );
     job.cleanup().await;
 }

@@ -355,6 +355,11 @@ pub fn worker_pod(job: &MigrateJob, secrets: &SecretVersions) -> Result<Pod, Bui
         worker_env::TERMINATION_LOG,
         TERMINATION_MESSAGE_PATH.to_owned(),
     ));
+    // The operator grants soft-line restarts (surge first, within the budget): the worker asks.
+    env.push(plain_env(
+        worker_env::SUPERVISED,
+        migrate_contract::restart::SUPERVISED_VALUE.to_owned(),
+    ));
     let has_memory_limit = workers
         .resources
         .as_ref()

@@ -212,7 +212,8 @@ fn secrets_reach_the_pod_only_by_secret_key_ref() {
                     "MIGRATE_LISTEN",
                     "MIGRATE_KEYWORDS_DIR",
                     "MIGRATE_TERMINATION_LOG",
-                    "MIGRATE_LOG_FORMAT"
+                    "MIGRATE_LOG_FORMAT",
+                    "MIGRATE_SUPERVISED"
                 ]
                 .contains(&e.name.as_str()),
                 "{} carries a literal value",
@@ -229,6 +230,11 @@ fn secrets_reach_the_pod_only_by_secret_key_ref() {
         by_name("MIGRATE_TERMINATION_LOG").value.as_deref(),
         container(&pod).termination_message_path.as_deref(),
         "the worker writes its exit reason where the kubelet reads it"
+    );
+    assert_eq!(
+        by_name("MIGRATE_SUPERVISED").value.as_deref(),
+        Some("1"),
+        "the worker asks the operator for its soft-line restart instead of draining itself"
     );
     let text = serde_json::to_string(&pod).unwrap();
     for needle in ["redis://", "mysql://", "password@", "http://", "https://"] {

@@ -270,6 +270,7 @@ async fn read_pod_metrics(
             limit_bytes: None,
             tasks_done: 0,
             in_flight: 0,
+            restart_requested: false,
             retained: BTreeMap::new(),
             at,
         });

@@ -16,6 +16,8 @@ pub struct Scraped {
     pub tasks_done: Option<u64>,
     /// `migrate_stage_retained_bytes{stage}` by stage name.
     pub retained: BTreeMap<String, i64>,
+    /// `migrate_restart_requested_timestamp_seconds` above zero: the worker asks for a restart.
+    pub restart_requested: bool,
 }
 
 /// Reads the values the supervisor uses from a worker's metrics text.
@@ -32,6 +34,7 @@ pub fn parse_metrics(text: &str) -> Scraped {
         in_flight: count(names::IN_FLIGHT),
         tasks_done: count(names::TASKS_DONE),
         retained: retained_bytes(&values),
+        restart_requested: names::restart_requested(&values),
     }
 }
 

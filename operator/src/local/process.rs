@@ -136,6 +136,11 @@ impl WorkerProcess {
             .env(worker_env::WORKER_ID, id)
             .env(worker_env::LISTEN, format!("127.0.0.1:{port}"))
             .env(worker_env::REDIS_URL, &launch.redis_url)
+            // This supervisor grants soft-line restarts (surge first, within the budget).
+            .env(
+                worker_env::SUPERVISED,
+                migrate_contract::restart::SUPERVISED_VALUE,
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))

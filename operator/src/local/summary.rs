@@ -57,6 +57,13 @@ pub struct WorkerSummary {
     pub log: String,
     /// Milliseconds after the supervisor's start it was started.
     pub started_ms: u64,
+    /// Milliseconds after the supervisor's start it was first seen ready.
+    #[serde(default)]
+    pub ready_ms: Option<u64>,
+    /// Milliseconds after the supervisor's start it was asked to stop (drained or killed);
+    /// `None` when it ended on its own.
+    #[serde(default)]
+    pub stop_ms: Option<u64>,
     /// Milliseconds after the supervisor's start it was seen gone.
     pub ended_ms: Option<u64>,
     /// Tasks it finished (as last scraped).
@@ -339,6 +346,8 @@ mod tests {
                 port: 9100,
                 log: "logs/local-1.log".into(),
                 started_ms: 0,
+                ready_ms: Some(800),
+                stop_ms: Some(8_500),
                 ended_ms: Some(9_000),
                 tasks_done: 1_200,
                 peak_rss_bytes: 103 << 20,

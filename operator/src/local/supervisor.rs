@@ -42,9 +42,13 @@ struct Tracked {
     exit: Option<ExitStatus>,
     ended: Option<Duration>,
     ever_ready: bool,
+    /// When it was first seen ready.
+    ready_at: Option<Duration>,
     ready: bool,
     in_flight: u64,
     tasks_done: u64,
+    /// It asks for a restart (crossed its soft line; see `migrate_contract::restart`).
+    asks_restart: bool,
     memory: Option<(u64, Option<u64>, Duration)>,
     peak_rss: u64,
     first_retained: Option<RetainedSample>,
@@ -87,6 +91,7 @@ impl Tracked {
                     age: now.saturating_sub(at),
                 }),
             outdated: false,
+            asks_restart: self.asks_restart,
         }
     }
 
@@ -105,6 +110,8 @@ impl Tracked {
             port: self.process.port,
             log: self.process.log.display().to_string(),
             started_ms: millis(self.started),
+            ready_ms: self.ready_at.map(millis),
+            stop_ms: self.draining.map(|(_, since, _)| millis(since)),
             ended_ms: self.ended.map(millis),
             tasks_done: self.tasks_done,
             peak_rss_bytes: self.peak_rss,
@@ -413,6 +420,9 @@ impl Supervisor {
             if let Some(ready) = result.ready {
                 w.ready = ready;
                 w.ever_ready |= ready;
+                if ready && w.ready_at.is_none() {
+                    w.ready_at = Some(self.clock.elapsed());
+                }
             } else {
                 w.ready = false;
             }
@@ -424,6 +434,7 @@ impl Supervisor {
                 if let Some(n) = m.tasks_done {
                     w.tasks_done = n;
                 }
+                w.asks_restart = m.restart_requested;
                 if !m.retained.is_empty() {
                     let sample = RetainedSample {
                         tasks_done: w.tasks_done,
@@ -509,9 +520,11 @@ impl Supervisor {
             exit: None,
             ended: None,
             ever_ready: false,
+            ready_at: None,
             ready: false,
             in_flight: 0,
             tasks_done: 0,
+            asks_restart: false,
             memory: None,
             peak_rss: 0,
             first_retained: None,
@@ -887,6 +900,10 @@ fn describe(report: &Report) -> String {
                 waiting.join(", ")
             )
         }
+        Report::AwaitingReplacement { waiting } => format!(
+            "Working on until a replacement is ready: {}.",
+            waiting.join(", ")
+        ),
         Report::StaleReading { worker, .. } => {
             format!("Memory reading of {worker} is stale; not acting on it.")
         }

@@ -6,7 +6,8 @@
 //!   few seconds, backlog scaling between two and four workers and recycling. Every document
 //!   is indexed exactly once, keyword counts are exact, only the poison is dead-lettered, the
 //!   kernel OOM-killed nothing, and the leak was met by restarts named memory-soft (or
-//!   memory-hard).
+//!   memory-hard); every memory-soft restart had its replacement Ready before the old pod
+//!   began to stop (surge before stop, from pod timestamps).
 //! - The control run: the same leak with `testOnly.noMemoryRestarts` (neither the operator nor
 //!   the worker restarts anything for memory). The kernel OOM-kills workers, and the operator
 //!   counts them and says what to change. It shows the supervised run could have failed.
@@ -170,6 +171,9 @@ struct PodRecord {
     /// The first poll that listed it (pod timestamps have whole seconds only).
     seen: Timestamp,
     ready: Option<Timestamp>,
+    /// A poll first saw its `deletionTimestamp` (the operator's drain began, or someone
+    /// deleted it).
+    deleting: Option<Timestamp>,
     /// Its container terminated (the worker process is gone), or it is gone altogether.
     stopped: Option<Timestamp>,
     gone: Option<Timestamp>,
@@ -180,6 +184,15 @@ struct PodRecord {
 }
 
 impl PodRecord {
+    /// When the worker began to stop: its pod's deletion seen, or its end, whichever came
+    /// first.
+    fn stop_began(&self) -> Option<Timestamp> {
+        match (self.deleting, self.stopped) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn oom_killed(&self) -> bool {
         self.terminated
             .as_ref()
@@ -241,6 +254,7 @@ fn poll_pods(
                             created: pod.creation_timestamp().map_or(now, |t| t.0),
                             seen: now,
                             ready: None,
+                            deleting: None,
                             stopped: None,
                             gone: None,
                             terminated: None,
@@ -249,6 +263,9 @@ fn poll_pods(
                         });
                         if r.ready.is_none() && is_ready(pod) {
                             r.ready = Some(now);
+                        }
+                        if pod.metadata.deletion_timestamp.is_some() {
+                            r.deleting.get_or_insert(now);
                         }
                         if let Some(t) = terminated_of(pod) {
                             r.stopped.get_or_insert(now);
@@ -795,14 +812,12 @@ async fn a_leaking_job_with_poison_and_killed_workers_completes_exactly_once_on_
         status.leak
     );
 
-    // Surge before stop, measured and printed, not asserted: for each memory-soft restart,
-    // when the replacement (the first pod created from one second before the old pod's drain
-    // began: pod timestamps have whole seconds) was listed and Ready, against when the old
-    // pod's worker stopped. Issue 14 lists "surge strictly before stop" and "self-drain obeys
-    // the restart budget" among the faults still to fix: the operator drains at once, a drain
-    // of a few in-flight tasks is shorter than a pod's start and first readiness probe, and a
-    // worker that drains itself first gets its replacement only after it exits. Assert here
-    // once they are fixed.
+    // Surge strictly before stop, asserted from pod timestamps: every memory-soft restart had
+    // a replacement Ready before the old pod began to stop (its deletion seen, or its container
+    // ended). The replacement is a pod newer than the old one, Ready before that moment, and
+    // matched to one restart only. The timeline printed for each restart measures from the
+    // MemorySoft Event, which the operator publishes when it grants the drain (the replacement
+    // was started before). Hard-line restarts cannot wait for a surge: counted apart.
     let soft_events: HashMap<String, Timestamp> = events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("MemorySoft"))
@@ -815,6 +830,37 @@ async fn a_leaking_job_with_poison_and_killed_workers_completes_exactly_once_on_
     let mut timelines = Vec::new();
     let mut started_first = 0usize;
     let mut ready_first = 0usize;
+    let mut without_surge = Vec::new();
+    let mut matched: HashSet<String> = HashSet::new();
+    let mut soft_restarts: Vec<&PodRecord> = records
+        .iter()
+        .filter(|p| p.restart_reason() == Some("memory-soft"))
+        .collect();
+    soft_restarts.sort_by_key(|p| p.stop_began());
+    for old in &soft_restarts {
+        let Some(began) = old.stop_began() else {
+            without_surge.push(format!("{}: no stop seen", old.name));
+            continue;
+        };
+        let replacement = records
+            .iter()
+            .filter(|p| p.uid != old.uid && !matched.contains(&p.uid))
+            .filter(|p| p.seen > old.seen && p.ready.is_some_and(|r| r < began))
+            .min_by_key(|p| p.seen);
+        match replacement {
+            Some(new) => {
+                matched.insert(new.uid.clone());
+            }
+            None => without_surge.push(format!(
+                "{}: began to stop at {began}, no newer pod Ready before",
+                old.name
+            )),
+        }
+    }
+    let hard_restarts = records
+        .iter()
+        .filter(|p| p.restart_reason() == Some("memory-hard"))
+        .count();
     let mut soft_to_ready = Vec::new();
     let mut soft_to_gone = Vec::new();
     for old in records
@@ -886,6 +932,17 @@ async fn a_leaking_job_with_poison_and_killed_workers_completes_exactly_once_on_
         mean(&soft_to_ready),
         mean(&soft_to_gone),
         timelines.len()
+    );
+    eprintln!(
+        "  surge before stop: {} of {} memory-soft restarts had a replacement Ready before the old pod began to stop; \
+         memory-hard restarts (no surge possible): {hard_restarts}",
+        soft_restarts.len() - without_surge.len(),
+        soft_restarts.len()
+    );
+    assert!(
+        without_surge.is_empty(),
+        "memory-soft restarts without a Ready replacement first: {without_surge:?}\n{}",
+        w.logs()
     );
     w.finish().await;
 }

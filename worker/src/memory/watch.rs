@@ -56,7 +56,8 @@ pub enum Level {
     /// Below the soft threshold.
     #[default]
     Ok,
-    /// At or above the soft threshold: drain and exit (`ExitReason::MemorySoft`).
+    /// At or above the soft threshold: drain and exit (`ExitReason::MemorySoft`), or, when a
+    /// supervisor grants restarts, ask it for one and keep working.
     Soft,
     /// At or above the hard threshold: stop at once (`ExitReason::MemoryHard`).
     Hard,

@@ -285,6 +285,21 @@ impl Job {
     /// Like [`Job::spawn`], with the search server at `search_url` (a [`Gate`] in front of the
     /// real one, for outages).
     pub fn spawn_with_search(&self, worker_id: &str, search_url: &str) -> WorkerProcess {
+        self.spawn_with(worker_id, search_url, &[])
+    }
+
+    /// Like [`Job::spawn`], with a supervisor's `MIGRATE_SUPERVISED=1`: at the soft line the
+    /// worker asks for a restart instead of draining itself.
+    pub fn spawn_supervised(&self, worker_id: &str) -> WorkerProcess {
+        self.spawn_with(worker_id, &self.env.es_url, &[("MIGRATE_SUPERVISED", "1")])
+    }
+
+    fn spawn_with(
+        &self,
+        worker_id: &str,
+        search_url: &str,
+        extra: &[(&str, &str)],
+    ) -> WorkerProcess {
         std::fs::write(
             self.pipeline_path(),
             migrate_crds::pipeline::to_yaml(&self.spec).unwrap(),
@@ -310,6 +325,7 @@ impl Job {
             .env("MIGRATE_KEYWORDS_DIR", self.dir.path().join("keywords"))
             .env("MIGRATE_LISTEN", format!("127.0.0.1:{port}"))
             .env("MIGRATE_MEMORY_LIMIT_BYTES", TEST_MEMORY_LIMIT)
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))

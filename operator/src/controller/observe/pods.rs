@@ -131,6 +131,7 @@ pub fn to_worker(
             .as_ref()
             .and_then(|a| a.get(build::TEMPLATE_HASH))
             .is_some_and(|h| !template_hash.is_empty() && h != template_hash),
+        asks_restart: reading.is_some_and(|r| r.restart_requested),
     }
 }
 

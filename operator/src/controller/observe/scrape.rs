@@ -98,6 +98,8 @@ pub struct Scraped {
     pub tasks_done: u64,
     /// Its own count of tasks in flight.
     pub in_flight: u64,
+    /// It crossed its soft line and asks for a restart (`migrate_contract::restart`).
+    pub restart_requested: bool,
     /// Retained bytes per pipeline stage (signed: see
     /// [`retained_bytes`](migrate_contract::metrics::retained_bytes)).
     pub retained: BTreeMap<String, i64>,
@@ -174,6 +176,7 @@ pub fn parse_scrape(text: &str, at: Instant) -> Scraped {
         limit_bytes: limit,
         tasks_done,
         in_flight: gauge(&values, names::IN_FLIGHT).unwrap_or(0),
+        restart_requested: names::restart_requested(&values),
         retained: retained_bytes(&values),
         at,
     }
