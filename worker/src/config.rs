@@ -113,6 +113,10 @@ pub struct EnvArgs {
         value_name = "BYTES"
     )]
     pub memory_limit_bytes: Option<String>,
+    /// Set by a supervisor (`1`): at the soft memory line, ask it for a restart and keep
+    /// working instead of draining at once.
+    #[arg(long, env = env::SUPERVISED, value_name = "1|0", hide = true)]
+    pub supervised: Option<String>,
 }
 
 /// The flags of `migrate-worker check`.
@@ -130,10 +134,6 @@ pub struct CheckArgs {
         value_name = "BYTES"
     )]
     pub memory_limit_bytes: Option<String>,
-    /// Set by a supervisor (`1`): at the soft memory line, ask it for a restart and keep
-    /// working instead of draining at once.
-    #[arg(long, env = env::SUPERVISED, value_name = "1|0", hide = true)]
-    pub supervised: Option<String>,
 }
 
 impl fmt::Debug for EnvArgs {
