@@ -27,6 +27,8 @@ pub struct Keys {
     pub workers: String,
     /// `{q}:attempts`: deliveries per id.
     pub attempts: String,
+    /// `{q}:givebacks`: graceful give-backs per id still in flight (cleared when it ends).
+    pub givebacks: String,
     /// `{q}:dead`: dead-letter entries (JSON, newest first).
     pub dead: String,
     /// `{q}:counts`: keyword hit counts.
@@ -46,6 +48,7 @@ impl Keys {
             heartbeat: Self::heartbeat_of(queue_key, worker),
             workers: format!("{queue_key}:workers"),
             attempts: format!("{queue_key}:attempts"),
+            givebacks: format!("{queue_key}:givebacks"),
             dead: format!("{queue_key}:dead"),
             counts: format!("{queue_key}:counts"),
             stats: format!("{queue_key}:stats"),
@@ -98,6 +101,7 @@ mod tests {
                 &k.heartbeat,
                 &k.workers,
                 &k.attempts,
+                &k.givebacks,
                 &k.dead,
                 &k.counts,
                 &k.stats
@@ -108,6 +112,7 @@ mod tests {
                 "q:heartbeat:w",
                 "q:workers",
                 "q:attempts",
+                "q:givebacks",
                 "q:dead",
                 "q:counts",
                 "q:stats"
@@ -120,6 +125,7 @@ mod tests {
             "`{q}:heartbeat:{worker}`",
             "`{q}:workers`",
             "`{q}:attempts`",
+            "`{q}:givebacks`",
             "`{q}:dead`",
             "`{q}:counts`",
             "`{q}:stats`",

@@ -7,7 +7,7 @@
 //! | function | what it does |
 //! |---|---|
 //! | [`requeue_worker`] | one script (`lua/requeue.lua`): `RPUSH {q}` every id of a dead worker's processing list, `DEL` the list, `SREM {q}:workers`; twice is harmless |
-//! | [`requeue`] | the same script, optionally giving back the ids' deliveries (a worker's own graceful release) |
+//! | [`requeue`] | the same script, optionally giving back the ids' deliveries and counting the give-back in `{q}:givebacks` (a worker's own graceful release) |
 //! | [`backlog`] | `LLEN {q}` plus the processing lists of every worker in `{q}:workers` |
 //! | [`worker_beats`], [`live_workers`] | `{q}:workers` with each `{q}:heartbeat:{worker}` value ([`Heartbeat`]) |
 //! | [`dead_letters`] | the newest entries of `{q}:dead` ([`DeadEntry`]) |
@@ -214,9 +214,13 @@ where
 
 /// Runs the requeue script for the worker of `keys`: every id of its processing list back to
 /// the head of the queue, the list deleted, the worker removed from `{q}:workers`. With
-/// `give_back`, each id's delivery is uncounted (`HINCRBY {q}:attempts id -1`): what a worker
-/// does for itself at a graceful exit. A supervisor requeueing a dead worker passes `false`
-/// (that is [`requeue_worker`]), so a task that kills its worker still runs out of deliveries.
+/// `give_back`, each id's delivery is uncounted (`HINCRBY {q}:attempts id -1`) and its
+/// give-back counted instead (`HINCRBY {q}:givebacks id 1`): what a worker does for itself at a
+/// graceful exit. The worker's next take of the id dead-letters it once that count is above
+/// `queue.maxGiveBacks`, so a task that always outlasts the grace period does not circulate
+/// forever; acknowledging or dead-lettering the id deletes its count, so `{q}:givebacks`
+/// holds only ids still in flight. A supervisor requeueing a dead worker passes `false` (that
+/// is [`requeue_worker`]), so a task that kills its worker still runs out of deliveries.
 ///
 /// # Errors
 /// [`QueueError::Command`] when Redis fails.
@@ -229,6 +233,7 @@ where
         .key(&keys.queue)
         .key(&keys.workers)
         .key(&keys.attempts)
+        .key(&keys.givebacks)
         .arg(&keys.worker)
         .arg(if give_back { "1" } else { "0" })
         .invoke_async::<u64>(conn)

@@ -92,6 +92,7 @@ pub fn example_spec() -> MigrateJobSpec {
             url_secret_ref: secret("migrate-redis", "url"),
             key: "articles".to_owned(),
             max_attempts: 3,
+            max_give_backs: 10,
             heartbeat_ttl_seconds: 15,
         },
         source: SourceSpec {

@@ -192,6 +192,19 @@ pub struct QueueSpec {
     #[serde(default = "default_max_attempts")]
     #[schemars(range(min = 1, max = 100))]
     pub max_attempts: u32,
+    /// Graceful give-backs of one id before it is moved to the dead-letter list `{key}:dead`.
+    /// A worker stopped gracefully (drained, recycled, scaled down) puts the ids it still holds
+    /// back without using up an attempt, and counts the give-back in `{key}:givebacks`; the
+    /// next take of an id given back more often than this dead-letters it with the count, so a
+    /// task that always outlasts `workers.terminationGracePeriodSeconds` does not circulate
+    /// forever.
+    #[serde(default = "default_max_give_backs")]
+    #[x_kube(validation = rule(
+        "self >= 1 && self <= 1000",
+        "'queue.maxGiveBacks %d must be between 1 and 1000'.format([self])",
+        Reason::FieldValueInvalid,
+    ))]
+    pub max_give_backs: u32,
     /// Lifetime of a worker's heartbeat key; a worker whose heartbeat expired is dead and its
     /// processing list is requeued.
     #[serde(default = "default_heartbeat_ttl")]
@@ -201,6 +214,9 @@ pub struct QueueSpec {
 
 fn default_max_attempts() -> u32 {
     3
+}
+fn default_max_give_backs() -> u32 {
+    10
 }
 fn default_heartbeat_ttl() -> u32 {
     15

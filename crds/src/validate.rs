@@ -110,6 +110,12 @@ pub fn validate_with_memory_limit(
     if spec.queue.max_attempts == 0 {
         bad("queue.maxAttempts".into(), "0 must be at least 1".into());
     }
+    if !(1..=1000).contains(&spec.queue.max_give_backs) {
+        bad(
+            "queue.maxGiveBacks".into(),
+            format!("{} must be between 1 and 1000", spec.queue.max_give_backs),
+        );
+    }
 
     // Source queries.
     if spec.source.queries.is_empty() {
@@ -645,6 +651,24 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("exactly one query must have main: true, found 0"))
         );
+    }
+
+    /// A give-back bound outside 1..=1000 is refused locally as the CRD's CEL rule refuses it.
+    #[test]
+    fn max_give_backs_outside_its_range_is_refused_naming_the_value() {
+        for bad in [0, 1001] {
+            let mut spec = example_spec();
+            spec.queue.max_give_backs = bad;
+            assert_eq!(
+                problems(&spec),
+                vec![format!(
+                    "queue.maxGiveBacks: {bad} must be between 1 and 1000"
+                )]
+            );
+        }
+        let mut spec = example_spec();
+        spec.queue.max_give_backs = 1000;
+        assert_eq!(problems(&spec), Vec::<String>::new());
     }
 
     /// A linger that the flush interval always beats is refused, naming both values.

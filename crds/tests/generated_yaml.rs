@@ -82,6 +82,7 @@ fn crd_snapshot_of_the_api_surface() {
         "is an absolute path",
         "is not a Kubernetes quantity",
         "so it would never send a batch",
+        "must be between 1 and 1000",
     ] {
         assert!(yaml.contains(message), "missing CEL message {message:?}");
     }

@@ -65,7 +65,7 @@ use crate::memory::{
     Level, MemoryLimits, MemoryWatch, enter_stage, in_stage, read_cgroup, read_rss,
 };
 use crate::metrics::WorkerMetrics;
-use crate::queue::{Queue, Settled, Taken, too_many_deliveries};
+use crate::queue::{Queue, Settled, Taken};
 use crate::sink::{BulkBuilder, BulkRequest, ItemResult, Pushed, Sink};
 use crate::source::Source;
 use crate::stage::Stage;
@@ -772,19 +772,14 @@ enum Fetched {
 
 /// One task from its id to the batcher (or to its end, when a stage finishes it early).
 async fn process(shared: Arc<Shared>, taken: Taken, slot: Slot, batch: mpsc::Sender<BatchItem>) {
-    let Taken { raw, attempts } = taken;
-    let max_attempts = shared.queue.max_attempts();
-    if attempts > u64::from(max_attempts) {
-        // Its earlier deliveries never finished: the workers holding it died or were stopped.
-        complete(
-            &shared,
-            &raw,
-            Outcome::Dead(too_many_deliveries(attempts, max_attempts)),
-            slot,
-        )
-        .await;
+    if let Some(dead) = shared.queue.used_up(&taken) {
+        // Its earlier deliveries never finished: the workers holding it died, or were stopped
+        // gracefully each time (a give-back does not use up an attempt, so only its own count
+        // stops a task that outlasts every grace period from circulating forever).
+        complete(&shared, &taken.raw, Outcome::Dead(dead), slot).await;
         return;
     }
+    let raw = taken.raw;
     let id = match TaskId::parse(&raw) {
         Ok(id) => id,
         Err(e) => {

@@ -9,13 +9,17 @@
 //!
 //! | script | after the `LREM` |
 //! |---|---|
-//! | ack (one task, or many in one call) | `HINCRBY {q}:counts` per keyword, `HINCRBY {q}:stats <outcome>`, `HDEL {q}:attempts` |
-//! | dead-letter | `LPUSH {q}:dead <json>`, `HINCRBY {q}:stats dead`, `HDEL {q}:attempts` |
+//! | ack (one task, or many in one call) | `HINCRBY {q}:counts` per keyword, `HINCRBY {q}:stats <outcome>`, `HDEL {q}:attempts {q}:givebacks` |
+//! | dead-letter | `LPUSH {q}:dead <json>`, `HINCRBY {q}:stats dead`, `HDEL {q}:attempts {q}:givebacks` |
 //! | retry | `RPUSH {q}` (taken next) and `HINCRBY {q}:stats retried`, or dead-letter once the attempts are used up |
 //! | requeue | (of a whole worker) `RPUSH {q}` every id, `DEL` the list, `SREM {q}:workers` |
-//! | release | (a worker's own, at a graceful exit) as requeue, and `HINCRBY {q}:attempts -1` per id |
+//! | release | (a worker's own, at a graceful exit) as requeue, `HINCRBY {q}:attempts -1` and `HINCRBY {q}:givebacks +1` per id |
 //!
-//! Taking counts the delivery (`HINCRBY {q}:attempts`) and lists the worker in `{q}:workers`.
+//! Taking counts the delivery (`HINCRBY {q}:attempts`), reads the id's give-backs
+//! (`HGET {q}:givebacks`) and lists the worker in `{q}:workers`. The driver dead-letters an id
+//! delivered more than `queue.maxAttempts` times ([`too_many_deliveries`]) or given back more
+//! than `queue.maxGiveBacks` times ([`too_many_give_backs`]). Both hashes hold only ids in
+//! flight: finishing an id, either way, deletes its fields.
 //! When ids are waiting and several slots are free, [`Queue::take_up_to`] moves up to n of them
 //! with one script (`LMOVE` each, the same direction as `BLMOVE`), so a busy worker does not pay
 //! two round trips per id.
@@ -71,6 +75,8 @@ pub struct Taken {
     pub raw: String,
     /// Deliveries of this id so far, this one included.
     pub attempts: u64,
+    /// Times a worker gave this id back at a graceful exit (`{q}:givebacks`).
+    pub given_back: u64,
 }
 
 /// What finishing a task did in Redis.
@@ -130,6 +136,7 @@ pub struct Queue {
     blocking: Mutex<Option<Blocking>>,
     connected: AtomicBool,
     max_attempts: u32,
+    max_give_backs: u32,
     heartbeat_ttl: u32,
 }
 
@@ -176,6 +183,7 @@ impl Queue {
             blocking: Mutex::new(None),
             connected: AtomicBool::new(false),
             max_attempts: spec.max_attempts.max(1),
+            max_give_backs: spec.max_give_backs,
             heartbeat_ttl: spec.heartbeat_ttl_seconds.max(1),
         };
         let mut conn = queue.manager.clone();
@@ -200,6 +208,26 @@ impl Queue {
     #[must_use]
     pub const fn max_attempts(&self) -> u32 {
         self.max_attempts
+    }
+
+    /// Why `taken` is dead-lettered instead of processed: delivered more than
+    /// `queue.maxAttempts` times ([`too_many_deliveries`]), or given back more than
+    /// `queue.maxGiveBacks` times ([`too_many_give_backs`]). `None`: process it.
+    #[must_use]
+    pub fn used_up(&self, taken: &Taken) -> Option<DeadLetter> {
+        if taken.attempts > u64::from(self.max_attempts) {
+            Some(too_many_deliveries(taken.attempts, self.max_attempts))
+        } else if taken.given_back > u64::from(self.max_give_backs) {
+            Some(too_many_give_backs(taken.given_back, self.max_give_backs))
+        } else {
+            None
+        }
+    }
+
+    /// Graceful give-backs of one id before its next take dead-letters it.
+    #[must_use]
+    pub const fn max_give_backs(&self) -> u32 {
+        self.max_give_backs
     }
 
     /// The heartbeat TTL in seconds (beat every third of it).
@@ -257,7 +285,8 @@ impl Queue {
     }
 
     /// Requeues what is left in this worker's processing list before the process exits, and
-    /// gives back those ids' deliveries (they did not fail here). Call it only when no task of
+    /// gives back those ids' deliveries (they did not fail here), counting a give-back of each
+    /// in `{q}:givebacks` instead (bounded by `queue.maxGiveBacks`). Call it only when no task of
     /// this process can still be acknowledged, and not when a task may be to blame for the
     /// exit (the hard memory limit): then leave the ids to the supervisor's requeue, which
     /// keeps the delivery counted.
@@ -325,7 +354,13 @@ impl Queue {
         backoff.reset();
         loop {
             match self.note(self.count_delivery(&raw).await) {
-                Ok(attempts) => return Ok(Some(Taken { raw, attempts })),
+                Ok((attempts, given_back)) => {
+                    return Ok(Some(Taken {
+                        raw,
+                        attempts,
+                        given_back,
+                    }));
+                }
                 Err(e) if e.is_transient() => {
                     let delay = backoff.next_delay();
                     debug!(error = %e, delay_ms = delay.as_millis(), "Counting a delivery failed; backing off.");
@@ -380,18 +415,26 @@ impl Queue {
             .key(&self.keys.processing)
             .key(&self.keys.attempts)
             .key(&self.keys.workers)
+            .key(&self.keys.givebacks)
             .arg(max)
             .arg(&self.keys.worker)
             .invoke_async(&mut conn)
             .await
             .map_err(command_error("take", &self.keys.queue))?;
-        let mut taken = Vec::with_capacity(flat.len() / 2);
+        let mut taken = Vec::with_capacity(flat.len() / 3);
         let mut values = flat.into_iter();
         let decode = |e: redis::ParsingError| command_error("take", &self.keys.queue)(e.into());
-        while let (Some(raw), Some(attempts)) = (values.next(), values.next()) {
+        while let (Some(raw), Some(attempts), Some(given_back)) =
+            (values.next(), values.next(), values.next())
+        {
             let raw: String = redis::from_redis_value(raw).map_err(decode)?;
             let attempts: u64 = redis::from_redis_value(attempts).map_err(decode)?;
-            taken.push(Taken { raw, attempts });
+            let given_back: u64 = redis::from_redis_value(given_back).map_err(decode)?;
+            taken.push(Taken {
+                raw,
+                attempts,
+                given_back,
+            });
         }
         Ok(taken)
     }
@@ -496,13 +539,17 @@ impl Queue {
         Ok(Blocking { conn, client_id })
     }
 
-    async fn count_delivery(&self, raw: &str) -> Result<u64, QueueError> {
+    /// Counts a delivery of `raw` and reads its give-backs: (attempts, give-backs).
+    async fn count_delivery(&self, raw: &str) -> Result<(u64, u64), QueueError> {
         let mut conn = self.manager.clone();
-        let (attempts,): (u64,) = redis::pipe()
+        let (attempts, given_back): (u64, Option<u64>) = redis::pipe()
             .cmd("HINCRBY")
             .arg(&self.keys.attempts)
             .arg(raw)
             .arg(1)
+            .cmd("HGET")
+            .arg(&self.keys.givebacks)
+            .arg(raw)
             .cmd("SADD")
             .arg(&self.keys.workers)
             .arg(&self.keys.worker)
@@ -510,7 +557,7 @@ impl Queue {
             .query_async(&mut conn)
             .await
             .map_err(command_error("HINCRBY", &self.keys.attempts))?;
-        Ok(attempts)
+        Ok((attempts, given_back.unwrap_or(0)))
     }
 
     /// Ends a task: `Indexed`, `Filtered` and `Skipped` acknowledge it (applying its counts
@@ -570,6 +617,7 @@ impl Queue {
                 .key(&self.keys.counts)
                 .key(&self.keys.stats)
                 .key(&self.keys.attempts)
+                .key(&self.keys.givebacks)
                 .arg(chunk.len());
             for &i in chunk {
                 let (raw, outcome) = tasks[i];
@@ -623,6 +671,7 @@ impl Queue {
             .key(&self.keys.counts)
             .key(&self.keys.stats)
             .key(&self.keys.attempts)
+            .key(&self.keys.givebacks)
             .arg(raw)
             .arg(field);
         for (keyword, hits) in counts.iter().filter(|(_, n)| *n > 0) {
@@ -680,6 +729,7 @@ impl Queue {
             .key(&self.keys.stats)
             .key(&self.keys.attempts)
             .key(&self.keys.dead)
+            .key(&self.keys.givebacks)
             .arg(raw)
             .arg(self.max_attempts)
             .arg(dead.stage.as_str())
@@ -755,6 +805,18 @@ pub fn too_many_deliveries(attempts: u64, max_attempts: u32) -> DeadLetter {
         stage: Stage::Queue,
         reason: format!(
             "delivered {attempts} times, more than maxAttempts {max_attempts}; the workers handling it stopped before finishing it"
+        ),
+    }
+}
+
+/// Dead-letter reason for an id given back more often than allowed (every worker holding it
+/// was stopped gracefully before it finished, e.g. it always outlasts the grace period).
+#[must_use]
+pub fn too_many_give_backs(given_back: u64, max_give_backs: u32) -> DeadLetter {
+    DeadLetter {
+        stage: Stage::Queue,
+        reason: format!(
+            "given back {given_back} times, more than maxGiveBacks {max_give_backs}; the workers holding it were stopped gracefully before finishing it (does it outlast workers.terminationGracePeriodSeconds?)"
         ),
     }
 }

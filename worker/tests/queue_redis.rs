@@ -30,6 +30,7 @@ fn spec(key: &str, max_attempts: u32) -> QueueSpec {
         },
         key: key.to_owned(),
         max_attempts,
+        max_give_backs: 2,
         heartbeat_ttl_seconds: 15,
     }
 }
@@ -95,6 +96,7 @@ fn keys_follow_the_documented_layout() {
     assert_eq!(k.processing, "jobs:processing:w-1");
     assert_eq!(k.heartbeat, "jobs:heartbeat:w-1");
     assert_eq!(k.workers, "jobs:workers");
+    assert_eq!(k.givebacks, "jobs:givebacks");
     assert_eq!(k.attempts, "jobs:attempts");
     assert_eq!(k.dead, "jobs:dead");
     assert_eq!(k.counts, "jobs:counts");
@@ -115,7 +117,8 @@ async fn ack_is_idempotent_and_counts_once_under_replay() {
         t1,
         Taken {
             raw: "1".into(),
-            attempts: 1
+            attempts: 1,
+            given_back: 0
         }
     );
     let outcome = indexed(&[("topics:rust", 2), ("topics:redis", 1)]);
@@ -135,7 +138,8 @@ async fn ack_is_idempotent_and_counts_once_under_replay() {
         replay,
         Taken {
             raw: "2".into(),
-            attempts: 2
+            attempts: 2,
+            given_back: 0
         }
     );
     assert_eq!(
@@ -283,7 +287,8 @@ async fn retry_moves_to_dead_after_max_attempts() {
         second,
         Taken {
             raw: "7".into(),
-            attempts: 2
+            attempts: 2,
+            given_back: 0
         },
         "a retried id is taken next"
     );
@@ -529,6 +534,108 @@ async fn a_release_gives_back_deliveries_and_a_requeue_keeps_them() {
     let third = take_one(&q).await;
     assert_eq!(third.raw, first.raw);
     assert_eq!(third.attempts, 2, "a requeue keeps the delivery counted");
+    drop_keys(&key).await;
+}
+
+/// Each graceful release counts a give-back of the ids it returns (the delivery itself is
+/// given back), and the id still goes back to the queue each time; the take after more than
+/// `queue.maxGiveBacks` (2 here) give-backs finds the id used up, with a reason naming the count
+/// and the setting, and dead-lettering it keeps the id for replay and deletes its counts.
+#[tokio::test]
+async fn an_id_given_back_more_than_max_give_backs_is_dead_lettered_with_its_count() {
+    let key = fresh_key("giveback-dead");
+    let q = queue(&key, "w", 3).await;
+    assert_eq!(q.max_give_backs(), 2);
+    push(&q, &["5"]).await;
+    for given_back in 0..=2 {
+        let taken = take_one(&q).await;
+        assert_eq!(
+            taken,
+            Taken {
+                raw: "5".into(),
+                attempts: 1,
+                given_back
+            }
+        );
+        assert!(
+            q.used_up(&taken).is_none(),
+            "{given_back} give-backs are allowed"
+        );
+        assert_eq!(q.release_own().await.unwrap(), 1);
+        assert_eq!(list(&q, &key).await, vec!["5"], "given back to the queue");
+    }
+    assert_eq!(
+        hash(&q, &q.keys().givebacks).await,
+        BTreeMap::from([("5".into(), 3)])
+    );
+
+    let taken = take_one(&q).await;
+    assert_eq!((taken.attempts, taken.given_back), (1, 3));
+    let dead = q
+        .used_up(&taken)
+        .expect("a fourth delivery after three give-backs is refused");
+    assert_eq!(dead.stage, Stage::Queue);
+    assert!(
+        dead.reason.contains("given back 3 times") && dead.reason.contains("maxGiveBacks 2"),
+        "{}",
+        dead.reason
+    );
+    assert_eq!(
+        q.settle(&taken.raw, &Outcome::Dead(dead.clone()))
+            .await
+            .unwrap(),
+        Settled::DeadLettered
+    );
+    let mut conn = q.connection();
+    let entries = dead_letters(&mut conn, &key, 10).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (
+            entries[0].id.as_str(),
+            entries[0].stage.as_str(),
+            entries[0].reason.as_str()
+        ),
+        ("5", "queue", dead.reason.as_str())
+    );
+    assert!(list(&q, &key).await.is_empty(), "not queued again");
+    assert_eq!(q.held().await.unwrap(), 0);
+    assert!(hash(&q, &q.keys().givebacks).await.is_empty());
+    assert!(hash(&q, &q.keys().attempts).await.is_empty());
+    drop_keys(&key).await;
+}
+
+/// Acknowledging ids (one, or many in one script) deletes their give-back counts, so
+/// `{q}:givebacks` holds only ids still in flight; a take of many reads the counts too.
+#[tokio::test]
+async fn an_ack_clears_the_give_back_count() {
+    let key = fresh_key("giveback-ack");
+    let q = queue(&key, "w", 3).await;
+    let cancel = CancellationToken::new();
+    push(&q, &["1", "2", "3"]).await;
+    let taken = q.take_up_to(3, &cancel).await.unwrap();
+    assert_eq!(taken.len(), 3);
+    assert_eq!(q.release_own().await.unwrap(), 3);
+    let again = q.take_up_to(3, &cancel).await.unwrap();
+    let seen: Vec<_> = again
+        .iter()
+        .map(|t| (t.raw.as_str(), t.attempts, t.given_back))
+        .collect();
+    assert_eq!(seen, vec![("1", 1, 1), ("2", 1, 1), ("3", 1, 1)]);
+    assert_eq!(
+        hash(&q, &q.keys().givebacks).await,
+        BTreeMap::from([("1".into(), 1), ("2".into(), 1), ("3".into(), 1)])
+    );
+
+    let done = indexed(&[]);
+    assert!(q.finish("1", &done).await.unwrap(), "one ack");
+    assert_eq!(
+        hash(&q, &q.keys().givebacks).await,
+        BTreeMap::from([("2".into(), 1), ("3".into(), 1)])
+    );
+    let settled = q.settle_many(&[("2", &done), ("3", &done)]).await.unwrap();
+    assert_eq!(settled, vec![Settled::Acked, Settled::Acked], "many acks");
+    assert!(hash(&q, &q.keys().givebacks).await.is_empty());
+    assert!(hash(&q, &q.keys().attempts).await.is_empty());
     drop_keys(&key).await;
 }
 

@@ -1,5 +1,5 @@
 -- Acknowledge many tasks; each is the ack script on its own.
--- KEYS: processing, counts, stats, attempts. ARGV: n, then per task: id, stats field, pair
+-- KEYS: processing, counts, stats, attempts, givebacks. ARGV: n, then per task: id, stats field, pair
 -- count, keyword/count pairs. Returns one 0/1 per task.
 local out = {}
 local i = 2
@@ -12,6 +12,7 @@ for t = 1, tonumber(ARGV[1]) do
     end
     redis.call('HINCRBY', KEYS[3], field, 1)
     redis.call('HDEL', KEYS[4], id)
+    redis.call('HDEL', KEYS[5], id)
     out[t] = 1
   else
     out[t] = 0
