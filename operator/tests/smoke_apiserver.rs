@@ -178,6 +178,10 @@ async fn invalid_jobs_are_rejected_with_a_message_a_person_understands() {
     ));
 
     let mut spec = example_spec();
+    spec.queue.max_give_backs = 0;
+    cases.push((spec, "queue.maxGiveBacks 0 must be between 1 and 1000"));
+
+    let mut spec = example_spec();
     spec.source.queries[1].sql = "   ".to_owned();
     cases.push((spec, "sql is blank"));
 
