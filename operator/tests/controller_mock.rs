@@ -245,8 +245,65 @@ async fn expect_pods_and_secret(handle: &mut Handle, pods: Vec<Value>) {
         ok(secret()),
     )
     .await;
+    expect_references(handle).await;
     // The Redis Secret's version came with its URL.
     expect_secret_versions(handle, &["migrate-mysql", "migrate-search"]).await;
+}
+
+/// Every Secret (but the Redis one) and the keyword ConfigMap the example names, read in full
+/// before the watches' caches serve (as here), answered with the keys the spec names.
+async fn expect_references(handle: &mut Handle) {
+    let spec = continuous();
+    let mut secrets: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for r in [
+        Some(&spec.source.url_secret_ref),
+        Some(&spec.sink.url_secret_ref),
+        spec.sink.username_secret_ref.as_ref(),
+        spec.sink.password_secret_ref.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        secrets
+            .entry(r.name.clone())
+            .or_default()
+            .push(r.key.clone());
+    }
+    for (name, keys) in secrets {
+        let data: serde_json::Map<String, Value> =
+            keys.into_iter().map(|k| (k, json!("eA=="))).collect();
+        answer(
+            handle,
+            call(
+                Method::GET,
+                format!("/api/v1/namespaces/etl/secrets/{name}"),
+            ),
+            ok(json!({"apiVersion": "v1", "kind": "Secret",
+                      "metadata": {"name": name, "namespace": NS, "resourceVersion": "7"},
+                      "data": data})),
+        )
+        .await;
+    }
+    if let Some(name) = &spec.keywords.config_map {
+        let data: serde_json::Map<String, Value> = spec
+            .keywords
+            .sets
+            .iter()
+            .map(|set| (set.file.clone(), json!("")))
+            .collect();
+        answer(
+            handle,
+            call(
+                Method::GET,
+                format!("/api/v1/namespaces/etl/configmaps/{name}"),
+            ),
+            ok(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": {"name": name, "namespace": NS, "resourceVersion": "8"},
+                      "data": data})),
+        )
+        .await;
+    }
 }
 
 /// The metadata of the Secrets the workers read that this round did not read already, by
@@ -560,6 +617,7 @@ async fn a_missing_redis_secret_is_a_degraded_condition_not_a_crash() {
             |_| not_found(),
         )
         .await;
+        expect_references(&mut h).await;
         // The Redis Secret was not found: its version is asked for with the others.
         expect_secret_versions(
             &mut h,

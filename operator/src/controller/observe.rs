@@ -117,13 +117,13 @@ pub(super) async fn observe(
         }
         Err(e) => problems.push(redis_problem(job, &e)),
     }
-    // Checked against the watches' caches, so in full only once they serve (the first seconds
-    // of the operator); rounds before then ask the API server for nothing more, and learn only
-    // which Secrets are missing (below).
-    if let Some(c) = caches.as_ref() {
+    // Checked against the watches' caches; before they serve (the operator's first seconds)
+    // each named object is read from the API server instead, so that no worker starts on a
+    // missing object or key then either.
+    {
         match references::check(
             &ctx.client,
-            Some(c),
+            caches.as_ref(),
             &namespace,
             &job.spec,
             &mut mem.reference_keys,
@@ -153,12 +153,6 @@ pub(super) async fn observe(
     };
     if let Err(e) = &secrets {
         tracing::warn!(error = %error_chain(e), "Cannot read the workers' Secrets' versions; no worker is rolled for them this round.");
-    }
-    // Before the caches serve, the versions just read still say which Secret is missing.
-    if caches.is_none()
-        && let Ok(versions) = &secrets
-    {
-        problems.extend(references::missing_secrets(&namespace, &job.spec, versions));
     }
     let template_hash = match &secrets {
         Ok(versions) => build::template_hash(job, versions).unwrap_or_default(),

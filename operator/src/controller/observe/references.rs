@@ -262,22 +262,6 @@ async fn read_keys(
     })
 }
 
-/// The problems of the Secrets `spec` names that `versions` (read without the caches: an
-/// empty version for one that does not exist) says are missing. Their keys are not checked.
-#[must_use]
-pub fn missing_secrets(
-    namespace: &str,
-    spec: &MigrateJobSpec,
-    versions: &crate::controller::build::SecretVersions,
-) -> Vec<Problem> {
-    references(spec)
-        .iter()
-        .filter(|r| r.kind == Kind::Secret)
-        .filter(|r| versions.get(&r.name).is_some_and(String::is_empty))
-        .flat_map(|r| problems_of(namespace, r, None))
-        .collect()
-}
-
 /// Whether `reason` is a missing reference (no pod starts while one is).
 #[must_use]
 pub fn is_missing_reference(reason: &str) -> bool {
@@ -348,29 +332,6 @@ mod tests {
                 .contains("no key \"password\", named by sink.passwordSecretRef.key"),
             "{}",
             lacking[0].message
-        );
-    }
-
-    /// Without the caches, a Secret whose version read came back empty is missing; one with a
-    /// version, or the Redis Secret (reported by its own reader), is not.
-    #[test]
-    fn secrets_without_a_version_are_missing_before_the_caches_serve() {
-        let spec = example_spec();
-        let versions: crate::controller::build::SecretVersions = [
-            (spec.queue.url_secret_ref.name.clone(), String::new()),
-            (spec.source.url_secret_ref.name.clone(), String::new()),
-            (spec.sink.url_secret_ref.name.clone(), "7".to_owned()),
-        ]
-        .into();
-        let problems = missing_secrets("etl", &spec, &versions);
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].message.contains(&format!(
-                "etl/{} named by source.urlSecretRef.name",
-                spec.source.url_secret_ref.name
-            )),
-            "{}",
-            problems[0].message
         );
     }
 
