@@ -144,16 +144,5 @@ async fn each_mistake_is_named_with_its_value_and_nothing_is_lost() {
         "{said}"
     );
 
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{queue}*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
+    migrate_e2e::redis::drop_keys(&queue).await;
 }

@@ -151,18 +151,7 @@ async fn the_readme_job_runs_against_the_testbed() {
     assert_eq!((dead, left), (0, 0), "nothing dead-lettered, nothing left");
 
     search::delete_index(&env.es_url, &index).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{queue}*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
+    migrate_e2e::redis::drop_keys(&queue).await;
     let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&db_url).unwrap())
         .await
         .unwrap();
