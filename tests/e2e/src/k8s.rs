@@ -198,6 +198,17 @@ pub async fn admin_client() -> Client {
     client(admin_config().await)
 }
 
+/// A client for the testbed node's cluster (`NODE_KUBECONFIG`), after checking its API server
+/// answers ([`TestEnv::require`]); fails the test otherwise.
+pub async fn node_client() -> Client {
+    let env = TestEnv::load();
+    env.require(&[Service::Node]).await;
+    let Some(path) = env.node_kubeconfig else {
+        unreachable!("require(Node) fails the test when no NODE_KUBECONFIG is known")
+    };
+    client_from(&path).await
+}
+
 /// `config` authenticating with the bearer `token` instead of its own credentials.
 #[must_use]
 pub fn with_token(config: &kube::Config, token: &str) -> kube::Config {

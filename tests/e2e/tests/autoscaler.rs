@@ -9,33 +9,21 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use migrate_crds::pipeline::example_spec;
 use migrate_crds::{Autoscaling, MigrateJob};
-use migrate_e2e::env::{Service, TestEnv};
 use migrate_e2e::k8s;
 use serde_json::json;
 
 /// The HPA controller syncs every 15 s; a loaded two-core machine may miss one or two.
 const HPA_DEADLINE: Duration = Duration::from_secs(120);
 
-/// A client for the node's cluster, after checking its API server answers.
-async fn node_client() -> Client {
-    let env = TestEnv::load();
-    env.require(&[Service::Node]).await;
-    let Some(path) = env.node_kubeconfig else {
-        unreachable!("require(Node) fails the test when no NODE_KUBECONFIG is known")
-    };
-    k8s::client_from(&path).await
-}
-
 /// An HPA whose `minReplicas` (2) is above the job's `spec.replicas` (1, `autoscaling:
 /// External`) raises it through the scale subresource, and reports the count it set; the
 /// scale subresource then answers 2.
 #[tokio::test]
 async fn a_horizontal_pod_autoscaler_sets_the_replicas_of_a_migrate_job() {
-    let client = node_client().await;
+    let client = k8s::node_client().await;
     k8s::install_crd(&client).await;
     let ns = k8s::fresh_name("hpa");
     k8s::create_namespace(&client, &ns).await;

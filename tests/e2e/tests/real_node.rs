@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use migrate_e2e::env::{Service, TestEnv};
 use migrate_e2e::k8s;
 use serde_json::json;
 
@@ -33,16 +32,6 @@ const NONROOT_UID: &str = "65532";
 /// How long a pod may take from creation to its end on a loaded two-core machine (it takes
 /// 1-2 s when idle).
 const POD_DEADLINE: Duration = Duration::from_secs(120);
-
-/// A client for the node's cluster, after checking its API server answers.
-async fn node_client() -> Client {
-    let env = TestEnv::load();
-    env.require(&[Service::Node]).await;
-    let Some(path) = env.node_kubeconfig else {
-        unreachable!("require(Node) fails the test when no NODE_KUBECONFIG is known")
-    };
-    k8s::client_from(&path).await
-}
 
 /// A fresh namespace whose `default` ServiceAccount exists (the controller-manager creates it
 /// a moment after the namespace; until then the API refuses pods).
@@ -133,7 +122,7 @@ fn restricted_security_context() -> serde_json::Value {
 /// the kubelet reports OOMKilled with exit code 137 (SIGKILL), not an exit of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_past_its_memory_limit_is_oom_killed_by_the_kernel() {
-    let client = node_client().await;
+    let client = k8s::node_client().await;
     let ns = fresh_namespace(&client, "oom").await;
     let pod = json!({
         "metadata": {"name": "eater"},
@@ -179,7 +168,7 @@ async fn a_container_past_its_memory_limit_is_oom_killed_by_the_kernel() {
 /// seccomp filters, and `/` cannot be written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_image_runs_non_root_read_only_without_capabilities() {
-    let client = node_client().await;
+    let client = k8s::node_client().await;
     let ns = fresh_namespace(&client, "hardened").await;
     let pod = json!({
         "metadata": {"name": "worker"},
@@ -259,7 +248,7 @@ async fn the_worker_image_runs_non_root_read_only_without_capabilities() {
 /// non-root, and `migrate-operator crd` prints the CRD and exits 0 on a read-only root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_image_runs_by_its_entrypoint_as_non_root() {
-    let client = node_client().await;
+    let client = k8s::node_client().await;
     let ns = fresh_namespace(&client, "operator-image").await;
     let pod = json!({
         "metadata": {"name": "operator"},
@@ -295,7 +284,7 @@ async fn the_operator_image_runs_by_its_entrypoint_as_non_root() {
 /// never starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_user_is_refused_under_run_as_non_root() {
-    let client = node_client().await;
+    let client = k8s::node_client().await;
     let ns = fresh_namespace(&client, "nonroot").await;
     let pod = json!({
         "metadata": {"name": "root"},
