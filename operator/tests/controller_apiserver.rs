@@ -190,14 +190,7 @@ impl Harness {
         if let Some(handle) = self.controller.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
         }
-        k8s::remove_jobs(&self.admin, &self.ns).await;
-        k8s::remove_pods(&self.admin, &self.ns).await;
-        let _ = Api::<ConfigMap>::namespaced(self.admin.clone(), &self.ns)
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
-        let _ = Api::<PodDisruptionBudget>::namespaced(self.admin.clone(), &self.ns)
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
+        k8s::remove_job_objects(&self.admin, &self.ns).await;
         k8s::remove_operator_binding(&self.admin, &self.ns).await;
         k8s::remove_namespace(&self.admin, &self.ns).await;
     }

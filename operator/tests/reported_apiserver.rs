@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -171,14 +170,7 @@ impl Harness {
         if let Some(handle) = self.controller.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
         }
-        k8s::remove_jobs(&self.admin, &self.ns).await;
-        k8s::remove_pods(&self.admin, &self.ns).await;
-        let _ = Api::<ConfigMap>::namespaced(self.admin.clone(), &self.ns)
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
-        let _ = Api::<PodDisruptionBudget>::namespaced(self.admin.clone(), &self.ns)
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
+        k8s::remove_job_objects(&self.admin, &self.ns).await;
         let _ = Api::<ResourceQuota>::namespaced(self.admin.clone(), &self.ns)
             .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await;

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -256,6 +257,19 @@ pub async fn remove_pods(client: &Client, ns: &str) {
     };
     let _ = Api::<Pod>::namespaced(client.clone(), ns)
         .delete_collection(&params, &ListParams::default())
+        .await;
+}
+
+/// Deletes what a controller test leaves in namespace `ns`: its MigrateJobs, their pods, and
+/// the ConfigMaps and PodDisruptionBudgets the operator made for them. Errors are ignored.
+pub async fn remove_job_objects(client: &Client, ns: &str) {
+    remove_jobs(client, ns).await;
+    remove_pods(client, ns).await;
+    let _ = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    let _ = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await;
 }
 
