@@ -101,6 +101,15 @@ pub fn given_fields(text: &str) -> serde_json::Value {
     }
 }
 
+/// The JSON pointer of a spec field named as settings are (`sink.batchDocs`,
+/// `enrich[0].timeoutMs`): `/sink/batchDocs`, `/enrich/0/timeoutMs`.
+fn pointer(name: &str) -> String {
+    format!(
+        "/{}",
+        name.replace('[', ".").replace(']', "").replace('.', "/")
+    )
+}
+
 /// Resolves the settings of `spec`, whose file named the fields in `given` (see
 /// [`given_fields`]), against the memory limit override and the cgroup's `memory.max`.
 ///
@@ -136,84 +145,56 @@ pub fn resolve(
         LimitSource::Unknown => Source::Unknown,
     };
     add("memory limit", bytes(limits.limit), limit_source);
-    add(
+    // Every other setting is a spec field, given in the file or defaulted.
+    let mut field = |name: &str, value: String| add(name, value, from(&pointer(name)));
+    field(
         "memory.soft",
         format!("{} ({})", bytes(limits.soft), spec.memory.soft),
-        from("/memory/soft"),
     );
-    add(
+    field(
         "memory.hard",
         format!("{} ({})", bytes(limits.hard), spec.memory.hard),
-        from("/memory/hard"),
     );
-    add(
+    field(
         "memory.checkIntervalMs",
         format!("{} ms", spec.memory.check_interval_ms),
-        from("/memory/checkIntervalMs"),
     );
     let w = &spec.workers;
-    add(
-        "workers.concurrency",
-        w.concurrency.to_string(),
-        from("/workers/concurrency"),
-    );
-    add(
+    field("workers.concurrency", w.concurrency.to_string());
+    field(
         "workers.terminationGracePeriodSeconds",
         format!("{} s", w.termination_grace_period_seconds),
-        from("/workers/terminationGracePeriodSeconds"),
     );
     let s = &spec.sink;
-    add(
-        "sink.batchDocs",
-        format!("{} documents", s.batch_docs),
-        from("/sink/batchDocs"),
-    );
-    add(
-        "sink.batchBytes",
-        format!("{} bytes", s.batch_bytes),
-        from("/sink/batchBytes"),
-    );
-    add(
-        "sink.batchLingerMs",
-        format!("{} ms", s.batch_linger_ms),
-        from("/sink/batchLingerMs"),
-    );
-    add(
+    field("sink.batchDocs", format!("{} documents", s.batch_docs));
+    field("sink.batchBytes", format!("{} bytes", s.batch_bytes));
+    field("sink.batchLingerMs", format!("{} ms", s.batch_linger_ms));
+    field(
         "sink.flushIntervalMs",
         format!("{} ms", s.flush_interval_ms),
-        from("/sink/flushIntervalMs"),
     );
-    add("sink.retries", s.retries.to_string(), from("/sink/retries"));
-    add(
+    field("sink.retries", s.retries.to_string());
+    field(
         "source.queryTimeoutSeconds",
         format!("{} s", spec.source.query_timeout_seconds),
-        from("/source/queryTimeoutSeconds"),
     );
-    add(
+    field(
         "source.poolMax",
         format!("{} connections", spec.source.pool_max),
-        from("/source/poolMax"),
     );
-    add(
-        "queue.maxAttempts",
-        spec.queue.max_attempts.to_string(),
-        from("/queue/maxAttempts"),
-    );
-    add(
+    field("queue.maxAttempts", spec.queue.max_attempts.to_string());
+    field(
         "queue.heartbeatTtlSeconds",
         format!("{} s", spec.queue.heartbeat_ttl_seconds),
-        from("/queue/heartbeatTtlSeconds"),
     );
     for (i, e) in spec.enrich.iter().enumerate() {
-        add(
+        field(
             &format!("enrich[{i}].timeoutMs"),
             format!("{} ms", e.timeout_ms),
-            from(&format!("/enrich/{i}/timeoutMs")),
         );
-        add(
+        field(
             &format!("enrich[{i}].maxConcurrent"),
             e.max_concurrent.to_string(),
-            from(&format!("/enrich/{i}/maxConcurrent")),
         );
     }
     Ok(Resolved {
@@ -292,6 +273,17 @@ mod tests {
 
         let from_cgroup = resolve(&spec, &given, None, Some(1 << 30)).unwrap();
         assert_eq!(find(&from_cgroup, "memory limit").source, Source::Cgroup);
+    }
+
+    /// A setting's source is read at the JSON pointer its name spells, list indexes included.
+    #[test]
+    fn setting_names_spell_their_json_pointers() {
+        assert_eq!(pointer("sink.batchDocs"), "/sink/batchDocs");
+        assert_eq!(pointer("enrich[0].timeoutMs"), "/enrich/0/timeoutMs");
+        assert_eq!(
+            pointer("enrich[12].maxConcurrent"),
+            "/enrich/12/maxConcurrent"
+        );
     }
 
     /// A limit given beside the spec's own, and an enrich bound above the worker's
