@@ -120,25 +120,23 @@ pub(super) async fn observe(
     // Checked against the watches' caches; before they serve (the operator's first seconds)
     // each named object is read from the API server instead, so that no worker starts on a
     // missing object or key then either.
+    match references::check(
+        &ctx.client,
+        caches.as_ref(),
+        &namespace,
+        &job.spec,
+        &mut mem.reference_keys,
+    )
+    .await
     {
-        match references::check(
-            &ctx.client,
-            caches.as_ref(),
-            &namespace,
-            &job.spec,
-            &mut mem.reference_keys,
-        )
-        .await
-        {
-            Ok(missing) => problems.extend(missing),
-            Err(e) => problems.push(Problem::new(
-                e.reason(),
-                format!(
-                    "{}; no worker starts until every object the spec names can be read",
-                    error_chain(&e)
-                ),
-            )),
-        }
+        Ok(missing) => problems.extend(missing),
+        Err(e) => problems.push(Problem::new(
+            e.reason(),
+            format!(
+                "{}; no worker starts until every object the spec names can be read",
+                error_chain(&e)
+            ),
+        )),
     }
     let check_interval = Duration::from_millis(u64::from(job.spec.memory.check_interval_ms));
     let pod_metrics_error =
